@@ -1,0 +1,102 @@
+# One entry point for every routine task. Each target works from a clean clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# A working python3.13: on PATH first, then pyenv's installs.
+PYTHON ?= $(shell for p in python3.13 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13.*/bin/python3.13 2>/dev/null | sort -V -r); do \
+	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
+UV ?= $(shell command -v uv 2>/dev/null)
+VENV := .venv
+BIN := $(VENV)/bin
+# Settings come from the environment; this file supplies what is not set.
+ENV_FILE ?= $(if $(wildcard src/core/.env),$(CURDIR)/src/core/.env,$(CURDIR)/src/core/.env.ci)
+export ENV_FILE
+MANAGE := $(BIN)/python src/manage.py
+MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
+PYTEST_ARGS ?=
+
+.PHONY: help venv services test test-faults lint fmt audit run install shell migrations migrate \
+	superuser clickhouse-migrate relay status bench docs-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+venv: $(BIN)/.synced ## create or update .venv from uv.lock
+
+$(BIN)/.synced: pyproject.toml uv.lock
+	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, e.g. 'pyenv install 3.13')" >&2; exit 1; }
+	@if [ -z "$(UV)" ] && ! "$(PYTHON)" -m uv --version >/dev/null 2>&1; then \
+		echo "installing uv with pip"; "$(PYTHON)" -m pip install --quiet uv; fi
+	$(if $(UV),$(UV),"$(PYTHON)" -m uv) sync --locked --python "$(PYTHON)"
+	@touch $@
+
+services: ## make sure PostgreSQL and Redis answer (starts local ones)
+	@scripts/ensure-services.sh
+
+test: venv services ## run the whole test suite (fault-injection included)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-faults: venv services ## run only the fault-injection suite
+	$(BIN)/pytest -m faults $(PYTEST_ARGS)
+
+lint: venv ## ruff, format check, mypy, Compose/Dockerfile/workflow checks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose docker-compose.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/hadolint Dockerfile
+
+fmt: venv ## format and autofix
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+audit: venv ## known vulnerabilities in the locked dependencies
+	$(if $(UV),$(UV),"$(PYTHON)" -m uv) export --locked --no-hashes --no-emit-project --format requirements-txt > $(VENV)/requirements.audit.txt
+	$(BIN)/pip-audit --strict --disable-pip --no-deps -r $(VENV)/requirements.audit.txt
+
+run: ## the whole stack in the foreground (MODE=docker|native; default: docker if an engine answers)
+ifeq ($(MODE),docker)
+	docker compose up --build
+else
+	@$(MAKE) --no-print-directory venv services
+	$(MANAGE) ensure_database
+	$(MANAGE) migrate --noinput
+	$(MANAGE) clickhouse_migrate
+	@mkdir -p var
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+endif
+
+install: venv services ## migrations, migrate, superuser
+	$(MANAGE) ensure_database
+	$(MANAGE) makemigrations
+	$(MANAGE) migrate --noinput
+	$(MANAGE) clickhouse_migrate
+	$(MANAGE) createsuperuser
+
+shell: venv ## Django shell
+	$(MANAGE) shell
+
+migrations: venv ## make Django migrations
+	$(MANAGE) makemigrations
+
+migrate: venv services ## apply Django and ClickHouse migrations
+	$(MANAGE) ensure_database
+	$(MANAGE) migrate --noinput
+	$(MANAGE) clickhouse_migrate
+
+superuser: venv ## create a superuser
+	$(MANAGE) createsuperuser
+
+relay: venv ## run one relay in the foreground until Ctrl-C
+	$(MANAGE) relay_events
+
+status: venv ## event log status as JSON
+	$(MANAGE) event_log_status --json
+
+bench: venv services ## benchmarks (not part of make test); results in bench/results/
+	$(BIN)/python bench/run.py
+
+clean: ## remove the virtualenv, caches and local data
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

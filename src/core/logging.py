@@ -1,0 +1,83 @@
+"""structlog, configured once for every process (web, Celery worker and Beat, commands).
+
+Standard-library records (Django, Celery, clickhouse-connect) go through the
+same processors and renderer as structlog's own, so one process writes one
+format: JSON lines in production, a readable console in development.
+"""
+
+from __future__ import annotations
+
+import logging.config
+from typing import Any
+
+import structlog
+
+# Keys whose values never reach a log line (personal data and secrets).
+REDACTED_KEYS = frozenset(
+    {"email", "first_name", "last_name", "password", "secret_key", "dsn", "authorization"}
+)
+REDACTED = "[redacted]"
+
+
+def redact_personal_data(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Personal data belongs in the audited event log, not in application logs."""
+    for key in REDACTED_KEYS.intersection(event_dict):
+        event_dict[key] = REDACTED
+    return event_dict
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_personal_data,
+    ]
+
+
+def configure_logging(*, log_format: str, log_level: str) -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer()
+    )
+    shared = _shared_processors()
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "structured": {
+                    "()": structlog.stdlib.ProcessorFormatter,
+                    "processors": [
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info,
+                        renderer,
+                    ],
+                    "foreign_pre_chain": shared,
+                }
+            },
+            "handlers": {
+                "default": {"class": "logging.StreamHandler", "formatter": "structured"}
+            },
+            "root": {"handlers": ["default"], "level": log_level},
+            "loggers": {
+                "django.db.backends": {"level": "WARNING"},
+                "celery": {"level": log_level},
+            },
+        }
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.UnicodeDecoder(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,32 @@
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from psycopg import sql
+
+
+class Command(BaseCommand):
+    help = "Create the PostgreSQL database named by DATABASE_URL if it does not exist."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        db = settings.DATABASES["default"]
+        params = {
+            "host": db.get("HOST") or None,
+            "port": db.get("PORT") or None,
+            "user": db.get("USER") or None,
+            "password": db.get("PASSWORD") or None,
+            "dbname": "postgres",
+        }
+        try:
+            with psycopg.connect(**params, autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
+                ).fetchone()
+                if exists:
+                    self.stdout.write(f"database {db['NAME']} exists")
+                    return
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+        except psycopg.Error as exc:
+            raise CommandError(f"cannot create database {db['NAME']}: {exc}") from None
+        self.stdout.write(f"database {db['NAME']} created")

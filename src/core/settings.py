@@ -1,0 +1,176 @@
+"""Django settings. Every URL and secret comes from the environment (see core.env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from core import env
+
+env.load_env_file()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+REPO_ROOT = env.REPO_ROOT
+
+DEBUG = env.boolean("DEBUG", default=False)
+ENVIRONMENT = env.optional("ENVIRONMENT", default="development")
+
+if DEBUG:
+    SECRET_KEY = env.optional("SECRET_KEY", default="insecure-debug-only-key")
+else:
+    SECRET_KEY = env.required("SECRET_KEY")
+
+ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_structlog",
+    "core",
+    "event_log",
+    "users",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_structlog.middlewares.RequestMiddleware",
+]
+
+ROOT_URLCONF = "core.urls"
+WSGI_APPLICATION = "core.wsgi.application"
+ASGI_APPLICATION = "core.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env.url("DATABASE_URL", schemes=("postgres", "postgresql", "pgsql"))
+try:
+    DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
+except Exception as exc:  # django-environ raises several types for a bad URL
+    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
+DATABASES["default"]["CONN_MAX_AGE"] = env.integer("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+AUTH_USER_MODEL = "users.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = REPO_ROOT / "var" / "static"
+
+# Request bodies: the API takes small JSON documents only.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024)
+
+# Security: production-safe unless DEBUG is on.
+SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = env.boolean("SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if env.boolean("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Cache: Redis, shared by every process; the event log debounces relay kicks here.
+REDIS_URL = env.url("REDIS_URL", schemes=("redis", "rediss"), default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env.optional("CACHE_KEY_PREFIX", default="die-hard"),
+    }
+}
+
+# Celery
+CELERY_BROKER_URL = env.url(
+    "CELERY_BROKER_URL", schemes=("redis", "rediss", "amqp", "amqps", "memory")
+)
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# ClickHouse: a server (http/https) or the embedded engine (chdb:).
+CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")
+
+# The event log (see event_log.conf for the meaning of each knob).
+EVENT_LOG = {
+    "BATCH_SIZE": env.integer("EVENT_LOG_BATCH_SIZE", default=5_000, minimum=1),
+    "RELAY_INTERVAL": env.number("EVENT_LOG_RELAY_INTERVAL", default=2.0, minimum=0.1),
+    "LEASE_SECONDS": env.number("EVENT_LOG_LEASE_SECONDS", default=30.0, minimum=1.0),
+    "TIME_BUDGET": env.number("EVENT_LOG_TIME_BUDGET", default=10.0, minimum=0.1),
+    "BACKOFF_INITIAL": env.number("EVENT_LOG_BACKOFF_INITIAL", default=0.5, minimum=0.0),
+    "BACKOFF_MAX": env.number("EVENT_LOG_BACKOFF_MAX", default=30.0, minimum=0.0),
+    "KICK_ENABLED": env.boolean("EVENT_LOG_KICK", default=True),
+    "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "relay-outbox": {
+        "task": "event_log.tasks.relay_outbox",
+        "schedule": EVENT_LOG["RELAY_INTERVAL"],
+        "options": {"expires": EVENT_LOG["RELAY_INTERVAL"] * 2},
+    },
+}
+
+# Logging and tracing: configured once, in their own modules.
+LOG_FORMAT = env.choice("LOG_FORMAT", choices=("json", "console"), default="console" if DEBUG else "json")
+LOG_LEVEL = env.choice(
+    "LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), default="INFO"
+)
+LOGGING_CONFIG = None
+
+SENTRY_DSN = env.optional("SENTRY_DSN")
+SENTRY_ENVIRONMENT = env.optional("SENTRY_ENVIRONMENT", default=ENVIRONMENT)
+SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+
+from core.logging import configure_logging  # noqa: E402
+from core.sentry import configure_sentry  # noqa: E402
+
+configure_logging(log_format=LOG_FORMAT, log_level=LOG_LEVEL)
+configure_sentry(
+    dsn=SENTRY_DSN,
+    environment=SENTRY_ENVIRONMENT,
+    traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+)

@@ -1,0 +1,39 @@
+"""System checks: misconfiguration is reported by ``manage.py check`` with stable ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from event_log.conf import event_log_settings
+
+
+@register()
+def check_event_log_settings(**_: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    if not getattr(settings, "CLICKHOUSE_URL", ""):
+        messages.append(
+            Error(
+                "CLICKHOUSE_URL is not set.",
+                hint="Set it to http(s)://user:pass@host:8123/db or chdb:///path/to/data.",
+                id="event_log.E001",
+            )
+        )
+    try:
+        config = event_log_settings()
+    except ImproperlyConfigured as exc:
+        messages.append(Error(str(exc), id="event_log.E002"))
+        return messages
+    if config.LEASE_SECONDS < config.TIME_BUDGET:
+        messages.append(
+            Warning(
+                "EVENT_LOG_LEASE_SECONDS is shorter than EVENT_LOG_TIME_BUDGET.",
+                hint="A relay may then lose its lease mid-run; the batch is re-sent and "
+                "deduplicated, but work is wasted. Keep the lease longer than one run.",
+                id="event_log.W001",
+            )
+        )
+    return messages

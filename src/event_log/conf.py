@@ -1,0 +1,54 @@
+"""The event log's settings: one typed object, read lazily from ``settings.EVENT_LOG``.
+
+==================  ===============================  ======================================
+key                 environment variable             meaning
+==================  ===============================  ======================================
+BATCH_SIZE          EVENT_LOG_BATCH_SIZE             most rows in one sealed batch / INSERT
+RELAY_INTERVAL      EVENT_LOG_RELAY_INTERVAL         seconds between Beat-driven relay runs
+LEASE_SECONDS       EVENT_LOG_LEASE_SECONDS          how long a relay owns a sealed batch
+TIME_BUDGET         EVENT_LOG_TIME_BUDGET            seconds one relay run drains before yielding
+BACKOFF_INITIAL     EVENT_LOG_BACKOFF_INITIAL        first retry delay after a transient error
+BACKOFF_MAX         EVENT_LOG_BACKOFF_MAX            cap of the exponential retry delay
+KICK_ENABLED        EVENT_LOG_KICK                   enqueue a relay run when a transaction commits
+CLICKHOUSE_TABLE    EVENT_LOG_CLICKHOUSE_TABLE       the ClickHouse table events go to
+==================  ===============================  ======================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogSettings:
+    BATCH_SIZE: int = 5_000
+    RELAY_INTERVAL: float = 2.0
+    LEASE_SECONDS: float = 30.0
+    TIME_BUDGET: float = 10.0
+    BACKOFF_INITIAL: float = 0.5
+    BACKOFF_MAX: float = 30.0
+    KICK_ENABLED: bool = True
+    CLICKHOUSE_TABLE: str = "event_log"
+
+    def __post_init__(self) -> None:
+        if self.BATCH_SIZE < 1:
+            raise ImproperlyConfigured("EVENT_LOG['BATCH_SIZE'] must be at least 1")
+        if self.LEASE_SECONDS <= 0 or self.TIME_BUDGET <= 0:
+            raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
+        if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():
+            raise ImproperlyConfigured("EVENT_LOG['CLICKHOUSE_TABLE'] must be a plain identifier")
+
+
+def event_log_settings(**overrides: Any) -> EventLogSettings:
+    """The current settings (re-read each call so tests can override them)."""
+    configured: dict[str, Any] = dict(getattr(settings, "EVENT_LOG", {}))
+    known = {f.name for f in fields(EventLogSettings)}
+    unknown = set(configured) - known
+    if unknown:
+        raise ImproperlyConfigured(f"EVENT_LOG has unknown keys: {', '.join(sorted(unknown))}")
+    configured.update(overrides)
+    return EventLogSettings(**configured)

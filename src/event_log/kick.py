@@ -1,0 +1,44 @@
+"""The on-commit kick: ask for a relay run soon after events commit, debounced.
+
+A flag in the shared cache (Redis) says "a relay run is queued and has not
+started yet". A commit that finds the flag set does nothing: the queued run
+starts after that commit and will see its events. The relay task clears the
+flag when it *starts*, so a commit during a run queues the next one. However
+many transactions commit, at most one kick waits in the queue at a time.
+"""
+
+from __future__ import annotations
+
+import structlog
+from django.core.cache import cache
+
+from event_log.conf import event_log_settings
+
+logger = structlog.get_logger(__name__)
+
+KICK_PENDING_KEY = "event_log:relay_kick_pending"
+# If a queued kick is lost (worker gone), new kicks resume after this many seconds;
+# Beat covers the gap meanwhile.
+KICK_PENDING_TTL = 30
+
+
+def request_relay_run() -> bool:
+    """Queue one relay run unless one is already queued; True when this call queued it."""
+    if not event_log_settings().KICK_ENABLED:
+        return False
+    try:
+        if not cache.add(KICK_PENDING_KEY, 1, timeout=KICK_PENDING_TTL):
+            return False
+        from event_log.tasks import relay_outbox  # noqa: PLC0415 (Celery only when kicking)
+
+        relay_outbox.apply_async(kwargs={"kicked": True}, ignore_result=True)
+    except Exception as exc:  # the commit is done; Beat is the safety net
+        cache.delete(KICK_PENDING_KEY)
+        logger.warning("relay_kick_failed", error=str(exc))
+        return False
+    return True
+
+
+def kick_started() -> None:
+    """Called by a relay run as it starts: later commits may queue the next run."""
+    cache.delete(KICK_PENDING_KEY)

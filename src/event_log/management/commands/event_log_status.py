@@ -1,0 +1,28 @@
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from event_log.status import clickhouse_status, outbox_status
+
+
+class Command(BaseCommand):
+    help = "Show the outbox depth, lag, batches in flight, dead letters and ClickHouse row count."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+        parser.add_argument(
+            "--no-clickhouse",
+            action="store_true",
+            help="do not open ClickHouse (e.g. while a relay owns the embedded engine)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        status = outbox_status().as_dict()
+        if not options["no_clickhouse"]:
+            status["clickhouse"] = clickhouse_status()
+        if options["json"]:
+            self.stdout.write(json.dumps(status, sort_keys=True))
+            return
+        for key, value in status.items():
+            self.stdout.write(f"{key:>18}: {value}")

@@ -1,0 +1,86 @@
+"""PostgreSQL tables of the event log: the outbox, sealed batches and dead letters.
+
+The relay never builds these models row by row: its statements are in
+``event_log.sql``. The models exist for migrations, the admin and status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.db import models
+
+
+class OutboxEvent(models.Model):
+    """An event committed with its business transaction and not yet in ClickHouse."""
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    event_type = models.CharField(max_length=255)
+    event_date_time = models.DateTimeField()
+    environment = models.CharField(max_length=64)
+    # The pydantic JSON text, stored verbatim and shipped verbatim: no re-encoding.
+    event_context = models.TextField()
+    metadata_version = models.PositiveBigIntegerField(default=1)
+    batch = models.ForeignKey(
+        "OutboxBatch", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+    )
+
+    class Meta:
+        db_table = "event_log_outbox"
+        indexes: ClassVar[list[models.Index]] = [
+            # The seal query walks unsealed rows in id order.
+            models.Index(
+                fields=["id"], name="event_log_outbox_unsealed", condition=models.Q(batch=None)
+            ),
+            models.Index(
+                fields=["batch"],
+                name="event_log_outbox_sealed",
+                condition=models.Q(batch__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"
+
+
+class OutboxBatch(models.Model):
+    """A sealed batch: rows a relay owns until ``lease_until``, sent under one token."""
+
+    id = models.UUIDField(primary_key=True)
+    lease_until = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=1)
+    sealed_at = models.DateTimeField()
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "event_log_batch"
+        verbose_name_plural = "outbox batches"
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+class DeadLetter(models.Model):
+    """An event ClickHouse rejected for its data, kept until replayed or purged."""
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(unique=True)
+    event_type = models.CharField(max_length=255)
+    event_date_time = models.DateTimeField()
+    environment = models.CharField(max_length=64)
+    event_context = models.TextField()
+    metadata_version = models.PositiveBigIntegerField(default=1)
+    error = models.TextField()
+    error_code = models.IntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    batch_id = models.UUIDField()
+    dead_lettered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "event_log_dead_letter"
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"

@@ -1,0 +1,100 @@
+"""``publish()``: write events to the outbox inside the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import structlog
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from pydantic_core import PydanticSerializationError
+
+from event_log import sql
+from event_log.events import Event
+from event_log.kick import request_relay_run
+
+logger = structlog.get_logger(__name__)
+
+
+class PublishError(Exception):
+    """``publish()`` refused its input; nothing was written."""
+
+
+class NotAnEventError(PublishError, TypeError):
+    pass
+
+
+class EventSerializationError(PublishError, ValueError):
+    pass
+
+
+class NoTransactionError(PublishError, RuntimeError):
+    pass
+
+
+def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
+    """Add ``events`` to the outbox as part of the current transaction.
+
+    One INSERT for any number of events; each gets a new ``event_id`` and the
+    current UTC time as ``event_date_time``. The events reach ClickHouse if and
+    only if the surrounding transaction commits; a relay run is requested once
+    per transaction, after the commit.
+
+    Must be called inside ``transaction.atomic()`` (use cases always are): an
+    event published in autocommit mode would be committed even if the business
+    write that it describes then fails, so :class:`NoTransactionError` is raised.
+
+    Raises :class:`NotAnEventError` or :class:`EventSerializationError` before
+    anything is written. Returns the new event ids, in order.
+    """
+    if not events:
+        return []
+    for event in events:
+        if not isinstance(event, Event):
+            raise NotAnEventError(f"publish() takes Event instances, got {type(event).__name__}")
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        raise NoTransactionError(
+            "publish() must run inside transaction.atomic() so events commit with the business write"
+        )
+    contexts = []
+    for event in events:
+        try:
+            contexts.append(event.model_dump_json())
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise EventSerializationError(
+                f"{type(event).__name__} cannot be serialized to JSON: {exc}"
+            ) from exc
+
+    now = datetime.now(UTC)
+    event_ids = [uuid.uuid4() for _ in events]
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.INSERT_EVENTS,
+            [
+                event_ids,
+                [event.event_type for event in events],
+                [now] * len(events),
+                [settings.ENVIRONMENT] * len(events),
+                contexts,
+                [event.metadata_version for event in events],
+            ],
+        )
+    _kick_after_commit(using)
+    logger.debug(
+        "outbox_events_published",
+        events=len(events),
+        event_types=sorted({event.event_type for event in events}),
+        event_ids=[str(event_id) for event_id in event_ids[:20]],
+    )
+    return event_ids
+
+
+def _kick_after_commit(using: str) -> None:
+    """Register the relay kick once per transaction (savepoint rollbacks included)."""
+    # Django keeps pending callbacks as (savepoint ids, callable, robust) tuples;
+    # a rolled-back savepoint removes its own, so this check stays accurate.
+    if any(func is request_relay_run for _, func, _ in connections[using].run_on_commit):
+        return
+    transaction.on_commit(request_relay_run, using=using, robust=True)

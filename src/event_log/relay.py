@@ -1,0 +1,320 @@
+"""The relay: moves committed events from the PostgreSQL outbox to ClickHouse, exactly once.
+
+Plain Python, no Celery: a Celery task, ``manage.py relay_events`` and tests all
+call :func:`run_relay`. One batch goes through three named steps:
+
+1. **claim** — take over a sealed batch whose lease expired, or seal up to
+   ``BATCH_SIZE`` new rows under a new batch id with a lease (one short
+   PostgreSQL transaction, ``FOR UPDATE SKIP LOCKED``);
+2. **write** — one ClickHouse INSERT of the batch's rows, in id order, with
+   ``insert_deduplication_token = batch id``;
+3. **finish** — delete the batch's rows (one transaction).
+
+A relay that dies between steps leaves a sealed batch; after its lease another
+relay sends *the same rows under the same token* and ClickHouse drops the
+duplicate block. Transient ClickHouse errors postpone the batch with an
+exponential, jittered back-off; rows ClickHouse rejects for their data are
+isolated by bisection and moved to the dead-letter table.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+from clickhouse_connect.driver.client import Client
+from django.db import DatabaseError, InterfaceError, connection, transaction
+from psycopg import sql as pgsql
+
+from event_log import clickhouse, sql
+from event_log.clickhouse import ClickHouseError
+from event_log.conf import EventLogSettings, event_log_settings
+
+logger = structlog.get_logger(__name__)
+
+Checkpoint = Callable[[str, "Batch"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A sealed batch: its id is the deduplication token of its INSERT."""
+
+    id: uuid.UUID
+    attempts: int
+    block: bytes  # TabSeparated rows, in outbox id order
+
+    @property
+    def rows(self) -> int:
+        return self.block.count(b"\n")
+
+
+@dataclass(slots=True)
+class RelayReport:
+    batches: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+    drained: bool = False
+
+
+def backoff_delay(attempt: int, *, initial: float, cap: float) -> float:
+    """Exponential back-off with full jitter in [50 %, 100 %] of the step, capped."""
+    step = min(cap, initial * 2 ** max(0, attempt - 1))
+    return step * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not security)
+
+
+def _no_checkpoint(step: str, batch: Batch) -> None:
+    return None
+
+
+class Relay:
+    """One relay. Safe to run any number of them at once, in any processes."""
+
+    def __init__(
+        self,
+        *,
+        config: EventLogSettings | None = None,
+        clickhouse_url: str | None = None,
+        checkpoint: Checkpoint = _no_checkpoint,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config or event_log_settings()
+        self.clickhouse_url = clickhouse_url
+        self.checkpoint = checkpoint
+        self.sleep = sleep
+        self._client: Client | None = None
+
+    # -- the three steps -------------------------------------------------------
+
+    def claim(self) -> Batch | None:
+        """Take an expired batch or seal a new one; None when the outbox is empty."""
+        lease = self.config.LEASE_SECONDS
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease})
+            taken = cur.fetchone()
+            if taken is not None:
+                batch_id, attempts = taken
+            else:
+                batch_id, attempts = uuid.uuid4(), 1
+                cur.execute(sql.SEAL_ROWS, {"batch_id": batch_id, "limit": self.config.BATCH_SIZE})
+                if cur.rowcount == 0:
+                    return None
+                cur.execute(sql.INSERT_BATCH, {"batch_id": batch_id, "lease": lease})
+            statement = pgsql.SQL(sql.COPY_BATCH).format(batch_id=pgsql.Literal(batch_id))
+            with cur.copy(statement) as copy:
+                block = b"".join(bytes(chunk) for chunk in copy)
+        return Batch(id=batch_id, attempts=attempts, block=block)
+
+    def write(self, batch: Batch) -> list[tuple[int, ClickHouseError]]:
+        """Insert the batch; returns the positions of rows rejected for their data.
+
+        Raises :class:`ClickHouseError` when the failure is transient.
+        """
+        if not batch.block:
+            return []
+        ch = self.connect_clickhouse()
+        try:
+            clickhouse.insert_tsv(ch, table=self.config.CLICKHOUSE_TABLE, block=batch.block, token=str(batch.id))
+        except ClickHouseError as error:
+            if error.transient:
+                raise
+            return self._isolate(ch, batch, error)
+        return []
+
+    def finish(self, batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
+        """Delete the delivered batch; rejected rows go to the dead-letter table."""
+        with transaction.atomic(), connection.cursor() as cur:
+            if rejected:
+                cur.execute(sql.BATCH_ROW_IDS, {"batch_id": batch.id})
+                ids = [row[0] for row in cur.fetchall()]
+                for position, error in rejected:
+                    cur.execute(
+                        sql.DEAD_LETTER_ROWS,
+                        {
+                            "ids": [ids[position]],
+                            "error": str(error),
+                            "error_code": error.code,
+                            "attempts": batch.attempts,
+                            "batch_id": batch.id,
+                        },
+                    )
+            cur.execute(sql.DELETE_BATCH_ROWS, {"batch_id": batch.id})
+            cur.execute(sql.DELETE_BATCH, {"batch_id": batch.id})
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self, *, time_budget: float | None = None, max_batches: int | None = None) -> RelayReport:
+        """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
+        budget = self.config.TIME_BUDGET if time_budget is None else time_budget
+        deadline = time.monotonic() + budget
+        report = RelayReport()
+        db_failures = 0
+        while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
+            try:
+                batch = self.claim()
+            except (DatabaseError, InterfaceError) as exc:
+                db_failures += 1
+                if not self._wait_after_database_error(exc, db_failures, deadline, report):
+                    break
+                continue
+            db_failures = 0
+            if batch is None:
+                report.drained = True
+                break
+            if not self._deliver(batch, deadline, report):
+                break
+        return report
+
+    def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
+        log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)
+        started = time.perf_counter()
+        self.checkpoint("sealed", batch)
+        try:
+            rejected = self.write(batch)
+        except ClickHouseError as error:
+            return self._postpone(batch, error, deadline, report, log)
+        self.checkpoint("inserted", batch)
+        try:
+            self.finish(batch, rejected)
+        except (DatabaseError, InterfaceError) as exc:
+            # The insert is done; the batch stays sealed and is re-sent under the
+            # same token after its lease, which ClickHouse deduplicates.
+            connection.close()
+            log.warning("outbox_batch_finish_failed", error=str(exc))
+            report.failures += 1
+            return False
+        self.checkpoint("finished", batch)
+        report.batches += 1
+        report.delivered += batch.rows - len(rejected)
+        report.dead_lettered += len(rejected)
+        if rejected:
+            log.error(
+                "outbox_events_dead_lettered",
+                dead_lettered=len(rejected),
+                error=str(rejected[0][1]),
+                error_code=rejected[0][1].code,
+            )
+        log.info(
+            "outbox_batch_delivered",
+            delivered=batch.rows - len(rejected),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return True
+
+    def _postpone(
+        self,
+        batch: Batch,
+        error: ClickHouseError,
+        deadline: float,
+        report: RelayReport,
+        log: structlog.stdlib.BoundLogger,
+    ) -> bool:
+        delay = backoff_delay(
+            batch.attempts, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX
+        )
+        report.failures += 1
+        report.errors.append(str(error))
+        log.warning(
+            "outbox_batch_failed",
+            error=str(error),
+            error_code=error.code,
+            retry_in_s=round(delay, 3),
+        )
+        self._drop_client()
+        try:
+            with connection.cursor() as cur:
+                cur.execute(
+                    sql.POSTPONE_BATCH,
+                    {"batch_id": batch.id, "delay": delay, "error": str(error)[:2000]},
+                )
+        except (DatabaseError, InterfaceError):
+            connection.close()  # the lease expires by itself; nothing is lost
+        if time.monotonic() + delay >= deadline:
+            return False
+        self.sleep(delay)
+        return True
+
+    def _wait_after_database_error(
+        self, exc: Exception, failures: int, deadline: float, report: RelayReport
+    ) -> bool:
+        connection.close()
+        delay = backoff_delay(failures, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX)
+        report.failures += 1
+        report.errors.append(str(exc))
+        logger.warning("outbox_database_failed", error=str(exc), retry_in_s=round(delay, 3))
+        if time.monotonic() + delay >= deadline:
+            return False
+        self.sleep(delay)
+        return True
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _isolate(
+        self, ch: Client, batch: Batch, error: ClickHouseError
+    ) -> list[tuple[int, ClickHouseError]]:
+        """Bisect a rejected batch: insert the good halves, return the bad rows.
+
+        Sub-batch tokens derive from the batch id and row positions, so a
+        retry after a crash re-sends the same sub-blocks and is deduplicated.
+        """
+        lines = batch.block.splitlines(keepends=True)
+        rejected: list[tuple[int, ClickHouseError]] = []
+
+        def split(lo: int, hi: int, failure: ClickHouseError) -> None:
+            if hi - lo == 1:
+                rejected.append((lo, failure))
+                return
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                try:
+                    clickhouse.insert_tsv(
+                        ch,
+                        table=self.config.CLICKHOUSE_TABLE,
+                        block=b"".join(lines[a:b]),
+                        token=f"{batch.id}:{a}:{b}",
+                    )
+                except ClickHouseError as sub_error:
+                    if sub_error.transient:
+                        raise
+                    split(a, b, sub_error)
+
+        split(0, len(lines), error)
+        return rejected
+
+    def connect_clickhouse(self) -> Client:
+        """The relay's ClickHouse client, opened on first use and kept until close()."""
+        if self._client is None:
+            self._client = clickhouse.connect(self.clickhouse_url)
+        return self._client
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def close(self) -> None:
+        """Close the ClickHouse client (the embedded engine can then be opened elsewhere)."""
+        self._drop_client()
+
+
+def run_relay(
+    *,
+    time_budget: float | None = None,
+    max_batches: int | None = None,
+    relay: Relay | None = None,
+) -> RelayReport:
+    """Drain the outbox once with a fresh or given relay."""
+    own = relay is None
+    relay = relay or Relay()
+    try:
+        return relay.run(time_budget=time_budget, max_batches=max_batches)
+    finally:
+        if own:
+            relay.close()

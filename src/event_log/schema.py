@@ -1,0 +1,52 @@
+"""ClickHouse schema: versioned DDL files applied in order, idempotently.
+
+Each file in ``clickhouse_migrations/`` is applied once; applied versions are
+recorded in ``schema_migrations`` inside the target database. ``{table}`` in a
+file is replaced by the configured event table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from event_log.conf import event_log_settings
+
+logger = structlog.get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "clickhouse_migrations"
+LEDGER = "schema_migrations"
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("*.sql"))
+
+
+def apply_migrations(ch: Client, *, table: str | None = None) -> list[str]:
+    """Create the database if needed and apply pending DDL; returns the applied versions."""
+    table = table or event_log_settings().CLICKHOUSE_TABLE
+    database = ch.database or "default"
+    # The client may have been created for a database that does not exist yet.
+    ch.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    ch.command(
+        f"CREATE TABLE IF NOT EXISTS `{database}`.{LEDGER} "
+        "(version String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {row[0] for row in ch.query(f"SELECT version FROM `{database}`.{LEDGER} FINAL").result_rows}
+    applied = []
+    for path in migration_files():
+        version = path.stem
+        if version in done:
+            continue
+        ddl = path.read_text().replace("{table}", f"`{database}`.`{table}`")
+        ch.command(ddl)
+        ch.command(
+            f"INSERT INTO `{database}`.{LEDGER} (version) VALUES (%(version)s)",
+            parameters={"version": version},
+        )
+        logger.info("clickhouse_migration_applied", version=version, database=database)
+        applied.append(version)
+    return applied

@@ -1,0 +1,119 @@
+"""Every statement of the relay, in one place: these statements *are* the protocol.
+
+Rows travel from PostgreSQL to ClickHouse as PostgreSQL ``COPY`` text, which
+ClickHouse reads as ``TabSeparated`` (same escaping of tab, newline and
+backslash, ``\\N`` for NULL). The relay never builds a Python object per row.
+"""
+
+# Columns of the ClickHouse table, in the order the COPY below produces them.
+CLICKHOUSE_COLUMNS = (
+    "event_id",
+    "event_type",
+    "event_date_time",
+    "environment",
+    "event_context",
+    "metadata_version",
+)
+
+# publish(): one statement for any number of events (arrays are unnested server-side).
+INSERT_EVENTS = """
+INSERT INTO event_log_outbox
+    (event_id, event_type, event_date_time, environment, event_context, metadata_version)
+SELECT * FROM unnest(
+    %s::uuid[], %s::varchar[], %s::timestamptz[], %s::varchar[], %s::text[], %s::bigint[]
+)
+"""
+
+# Seal, step 1: stamp up to N unsealed rows, oldest first, with a new batch id.
+# SKIP LOCKED lets any number of relays seal side by side without waiting.
+SEAL_ROWS = """
+UPDATE event_log_outbox AS o
+SET batch_id = %(batch_id)s
+FROM (
+    SELECT id FROM event_log_outbox
+    WHERE batch_id IS NULL
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS picked
+WHERE o.id = picked.id
+"""
+
+# Seal, step 2 (same transaction): the batch and its lease.
+INSERT_BATCH = """
+INSERT INTO event_log_batch (id, lease_until, attempts, sealed_at, last_error)
+VALUES (%(batch_id)s, now() + make_interval(secs => %(lease)s), 1, now(), '')
+"""
+
+# Take over a sealed batch whose lease ran out (its relay died, or backs off).
+TAKE_EXPIRED_BATCH = """
+UPDATE event_log_batch
+SET lease_until = now() + make_interval(secs => %(lease)s), attempts = attempts + 1
+WHERE id = (
+    SELECT id FROM event_log_batch
+    WHERE lease_until < now()
+    ORDER BY lease_until
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, attempts
+"""
+
+# The batch's rows, always in id order, so every attempt sends the same block.
+COPY_BATCH = """
+COPY (
+    SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
+           event_context, metadata_version
+    FROM event_log_outbox
+    WHERE batch_id = {batch_id}
+    ORDER BY id
+) TO STDOUT
+"""
+
+BATCH_ROW_IDS = "SELECT id FROM event_log_outbox WHERE batch_id = %(batch_id)s ORDER BY id"
+
+# After ClickHouse acknowledged the insert: the batch is done.
+DELETE_BATCH_ROWS = "DELETE FROM event_log_outbox WHERE batch_id = %(batch_id)s"
+DELETE_BATCH = "DELETE FROM event_log_batch WHERE id = %(batch_id)s"
+
+# A transient failure: keep the batch sealed; nobody retries before the back-off ends.
+POSTPONE_BATCH = """
+UPDATE event_log_batch
+SET lease_until = now() + make_interval(secs => %(delay)s), last_error = %(error)s
+WHERE id = %(batch_id)s
+"""
+
+# Poison rows leave the outbox for the dead-letter table, in one statement.
+DEAD_LETTER_ROWS = """
+WITH moved AS (
+    DELETE FROM event_log_outbox WHERE id = ANY(%(ids)s)
+    RETURNING event_id, event_type, event_date_time, environment, event_context,
+              metadata_version
+)
+INSERT INTO event_log_dead_letter
+    (event_id, event_type, event_date_time, environment, event_context, metadata_version,
+     error, error_code, attempts, batch_id, dead_lettered_at)
+SELECT event_id, event_type, event_date_time, environment, event_context, metadata_version,
+       %(error)s, %(error_code)s, %(attempts)s, %(batch_id)s, now()
+FROM moved
+"""
+
+# Replay: dead letters go back to the outbox unchanged (same event_id and time).
+REPLAY_DEAD_LETTERS = """
+WITH moved AS (
+    DELETE FROM event_log_dead_letter WHERE id = ANY(%(ids)s)
+    RETURNING event_id, event_type, event_date_time, environment, event_context,
+              metadata_version
+)
+INSERT INTO event_log_outbox
+    (event_id, event_type, event_date_time, environment, event_context, metadata_version)
+SELECT * FROM moved
+"""
+
+STATUS = """
+SELECT
+    (SELECT count(*) FROM event_log_outbox) AS outbox_depth,
+    (SELECT min(event_date_time) FROM event_log_outbox) AS oldest_event_at,
+    (SELECT count(*) FROM event_log_batch) AS batches_in_flight,
+    (SELECT count(*) FROM event_log_dead_letter) AS dead_letters
+"""

@@ -1,0 +1,54 @@
+"""Read-only views of the event log's health, for the status command, /health and /metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+
+from event_log import clickhouse, sql
+from event_log.conf import event_log_settings
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    outbox_depth: int
+    oldest_event_at: datetime | None
+    batches_in_flight: int
+    dead_letters: int
+
+    @property
+    def lag_seconds(self) -> float:
+        if self.oldest_event_at is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self.oldest_event_at).total_seconds())
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["oldest_event_at"] = self.oldest_event_at.isoformat() if self.oldest_event_at else None
+        data["lag_seconds"] = round(self.lag_seconds, 6)
+        return data
+
+
+def outbox_status() -> OutboxStatus:
+    with connection.cursor() as cur:
+        cur.execute(sql.STATUS)
+        depth, oldest, batches, dead = cur.fetchone()
+    return OutboxStatus(
+        outbox_depth=depth, oldest_event_at=oldest, batches_in_flight=batches, dead_letters=dead
+    )
+
+
+def clickhouse_status(url: str | None = None) -> dict[str, Any]:
+    """Row count of the event table, or the (masked) reason ClickHouse is unreachable."""
+    url = url or clickhouse.clickhouse_url()
+    table = event_log_settings().CLICKHOUSE_TABLE
+    try:
+        with clickhouse.client(url) as ch:
+            rows = ch.command(f"SELECT count() FROM `{table}`")  # noqa: S608 (validated identifier)
+    except Exception as exc:
+        error = clickhouse.ClickHouseError.from_exception(exc)
+        return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
+    return {"url": clickhouse.mask_url(url), "reachable": True, "rows": int(rows)}

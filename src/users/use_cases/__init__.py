@@ -1,0 +1,3 @@
+from users.use_cases.create_user import CreateUser, CreateUserRequest, CreateUserResponse
+
+__all__ = ["CreateUser", "CreateUserRequest", "CreateUserResponse"]
