@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from pydantic import BaseModel
 
 from users.use_cases import CreateUser, CreateUserRequest
@@ -17,8 +17,8 @@ class ErrorOut(BaseModel):
 
 
 @router.post("", response={201: CreatedUser, 409: ErrorOut}, url_name="users-create")
-def create_user(request: HttpRequest, payload: CreateUserRequest) -> tuple[int, object]:
+def create_user(request: HttpRequest, payload: CreateUserRequest) -> Status[object]:
     response = CreateUser().execute(payload)
     if response.error:
-        return 409, {"detail": response.error}
-    return 201, response.user
+        return Status(409, ErrorOut(detail=response.error))
+    return Status(201, response.user)

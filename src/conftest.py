@@ -1,0 +1,124 @@
+"""Shared fixtures: the real PostgreSQL (pytest-django's test database), the real
+ClickHouse engine (a fresh embedded data folder, or a fresh database on a
+server when CLICKHOUSE_URL points at one) and helpers to run relay processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from event_log import clickhouse, schema
+
+SRC = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ClickHouse of the test run's own, migrated, dropped at the end."""
+    configured = str(settings.CLICKHOUSE_URL)
+    if configured.startswith("chdb:"):
+        url = f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
+        database = None
+    else:
+        database = f"test_die_hard_{uuid.uuid4().hex[:8]}"
+        base = configured.rsplit("/", 1)[0] if configured.count("/") > 2 else configured
+        url = f"{base}/{database}"
+        with clickhouse.client(f"{base}/default") as ch:
+            ch.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    settings.CLICKHOUSE_URL = url
+    with clickhouse.client(url) as ch:
+        schema.apply_migrations(ch)
+    yield url
+    settings.CLICKHOUSE_URL = configured
+    if database:
+        with clickhouse.client(configured) as ch:
+            ch.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+class ClickHouseProbe:
+    """Opens the engine only for the duration of one call, so relay processes can own it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.table = settings.EVENT_LOG["CLICKHOUSE_TABLE"]
+
+    def query(self, statement: str, **parameters: Any) -> list[tuple[Any, ...]]:
+        with clickhouse.client(self.url) as ch:
+            return list(ch.query(statement, parameters=parameters).result_rows)
+
+    def command(self, statement: str) -> Any:
+        with clickhouse.client(self.url) as ch:
+            return ch.command(statement)
+
+    def event_ids(self) -> list[uuid.UUID]:
+        """Every event_id in the table, duplicates kept (so a set comparison plus a
+        length comparison proves exactly-once)."""
+        return [row[0] for row in self.query(f"SELECT event_id FROM {self.table}")]  # noqa: S608
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return self.query(
+            "SELECT event_id, event_type, event_date_time, environment, event_context, "
+            f"metadata_version FROM {self.table} ORDER BY event_date_time, event_id"  # noqa: S608
+        )
+
+    def truncate(self) -> None:
+        self.command(f"TRUNCATE TABLE {self.table}")
+
+
+@pytest.fixture
+def ch(clickhouse_url: str) -> ClickHouseProbe:
+    """The test's ClickHouse, emptied before the test."""
+    probe = ClickHouseProbe(clickhouse_url)
+    probe.truncate()
+    return probe
+
+
+@pytest.fixture(autouse=True)
+def _no_kicks_by_default(settings: Any) -> None:
+    """Tests drive the relay themselves unless they ask for the on-commit kick."""
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "KICK_ENABLED": False}
+
+
+@pytest.fixture
+def process_env(clickhouse_url: str) -> dict[str, str]:
+    """Environment for child processes (relays, workers) that share the test's databases."""
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        CLICKHOUSE_URL=clickhouse_url,
+        PYTHONPATH=str(SRC),
+        DJANGO_SETTINGS_MODULE="core.settings",
+        LOG_FORMAT="json",
+    )
+    if db.get("PASSWORD"):
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        )
+    return env
+
+
+@pytest.fixture
+def manage(process_env: dict[str, str]) -> Any:
+    """Run ``manage.py`` in a child process; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+        return subprocess.run(
+            [sys.executable, str(SRC / "manage.py"), *args],
+            env={**process_env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run

@@ -1,0 +1,244 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection, transaction
+
+from event_log import Event, publish
+from event_log.conf import event_log_settings
+from event_log.models import OutboxBatch, OutboxEvent
+from event_log.relay import Relay, backoff_delay, run_relay
+from users.use_cases import CreateUser, CreateUserRequest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Ping(Event):
+    n: int
+    text: str = ""
+
+
+def publish_pings(count: int, *, chunk: int = 1_000) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    for start in range(0, count, chunk):
+        with transaction.atomic():
+            ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
+    return ids
+
+
+def assert_exactly_once(ch, published):
+    delivered = ch.event_ids()
+    assert set(delivered) == set(published)
+    assert len(delivered) == len(published), "some event was delivered twice"
+
+
+def test_committed_use_case_event_reaches_clickhouse_with_every_column_right(ch, settings):
+    settings.ENVIRONMENT = "test-env"
+    response = CreateUser().execute(
+        CreateUserRequest(email="ada@example.com", first_name="Ada", last_name="Lovelace")
+    )
+    outbox = OutboxEvent.objects.get()
+    time.sleep(0.05)  # the relay runs later than publish: event time must not move
+
+    report = run_relay()
+
+    assert report.delivered == 1
+    [(event_id, event_type, event_time, environment, context, version)] = ch.rows()
+    assert event_id == outbox.event_id
+    assert event_type == "user_created"
+    assert event_time.replace(tzinfo=UTC) == outbox.event_date_time
+    assert environment == "test-env"
+    assert context == (
+        f'{{"user_id":{response.user.id},"email":"ada@example.com",'
+        '"first_name":"Ada","last_name":"Lovelace"}'
+    )
+    assert version == 1
+    assert OutboxEvent.objects.count() == 0
+    assert OutboxBatch.objects.count() == 0
+
+
+def test_rolled_back_transaction_reaches_neither_outbox_nor_clickhouse(ch):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        CreateUser().execute(CreateUserRequest(email="ada@example.com"))
+        raise RuntimeError("rolled back after the use case")
+
+    run_relay()
+
+    assert OutboxEvent.objects.count() == 0
+    assert ch.event_ids() == []
+
+
+def test_contexts_with_tabs_newlines_backslashes_and_unicode_arrive_unchanged(ch):
+    texts = ["tab\there", "new\nline", "back\\slash", 'quote"', "ünïcødé ✓", "\\N", "\r\x00end"]
+    with transaction.atomic():
+        publish(*(Ping(n=i, text=t) for i, t in enumerate(texts)))
+    expected = {Ping(n=i, text=t).model_dump_json() for i, t in enumerate(texts)}
+
+    run_relay()
+
+    assert {row[4] for row in ch.rows()} == expected
+
+
+def test_relay_drains_in_batches_of_the_configured_size(ch, settings):
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "BATCH_SIZE": 100}
+    published = publish_pings(1_050)
+
+    report = run_relay()
+
+    assert report.batches == 11
+    assert report.drained
+    assert_exactly_once(ch, published)
+
+
+def test_relay_stops_at_max_batches_and_leaves_the_rest(ch, settings):
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "BATCH_SIZE": 10}
+    publish_pings(50)
+
+    report = run_relay(max_batches=2)
+
+    assert report.batches == 2
+    assert not report.drained
+    assert OutboxEvent.objects.count() == 30
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped():
+    delays = [backoff_delay(n, initial=1.0, cap=8.0) for n in range(1, 8)]
+    for attempt, delay in enumerate(delays, start=1):
+        step = min(8.0, 2 ** (attempt - 1))
+        assert step / 2 <= delay <= step
+
+
+def test_relay_module_imports_nothing_from_celery():
+    # Importing the module alone (no django.setup(), which loads core's Celery app)
+    # shows exactly what the relay itself pulls in.
+    code = (
+        "import sys, event_log.relay; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'celery', 'kombu'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+# -- crashes -------------------------------------------------------------------
+
+CRASHING_RELAY = """
+import sys, time, django
+django.setup()
+from event_log.relay import Relay
+
+def checkpoint(step, batch):
+    if step == sys.argv[1]:
+        print("AT", step, batch.id, flush=True)
+        time.sleep(600)
+
+Relay(checkpoint=checkpoint).run()
+"""
+
+
+def _kill_relay_at(step: str, process_env: dict[str, str]) -> str:
+    env = {**process_env, "EVENT_LOG_LEASE_SECONDS": "1", "EVENT_LOG_BATCH_SIZE": "1000"}
+    with subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RELAY, step],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    ) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("AT " + step), f"relay never reached {step}: {line!r}"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    return line.split()[2]
+
+
+@pytest.mark.parametrize("step", ["sealed", "inserted"])
+def test_relay_killed_mid_batch_is_taken_over_after_its_lease_exactly_once(ch, process_env, step):
+    published = publish_pings(2_500)
+
+    batch_id = _kill_relay_at(step, process_env)
+
+    assert OutboxBatch.objects.filter(id=batch_id).exists(), "the batch stays sealed"
+    if step == "inserted":
+        assert len(ch.event_ids()) == 1_000, "the killed relay's insert landed"
+    time.sleep(1.1)  # the dead relay's lease
+    run_relay()
+
+    assert OutboxEvent.objects.count() == 0
+    assert_exactly_once(ch, published)
+
+
+def test_a_live_lease_is_not_taken_over(ch, settings):
+    publish_pings(10)
+    first = Relay()
+    batch = first.claim()
+    assert batch is not None
+
+    assert Relay().claim() is None, "no unsealed rows, and the sealed batch is leased"
+
+
+# -- concurrency ---------------------------------------------------------------
+
+
+def _parts(ch) -> int:
+    return ch.query(
+        "SELECT count() FROM system.parts WHERE table = %(t)s AND active AND database = currentDatabase()",
+        t=event_log_settings().CLICKHOUSE_TABLE,
+    )[0][0]
+
+
+def test_four_relays_at_once_deliver_each_event_exactly_once_in_few_inserts(ch, settings):
+    batch_size = 2_000
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "BATCH_SIZE": batch_size}
+    published = publish_pings(20_000, chunk=2_000)
+    ch.command(f"SYSTEM STOP MERGES {event_log_settings().CLICKHOUSE_TABLE}")
+    reports = []
+    errors = []
+
+    def relay() -> None:
+        try:
+            reports.append(run_relay(time_budget=60))
+        except Exception as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    try:
+        threads = [threading.Thread(target=relay) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert sum(r.delivered for r in reports) == 20_000
+        assert sum(1 for r in reports if r.batches) >= 2, "relays ran side by side"
+        assert_exactly_once(ch, published)
+        # With merges stopped, each INSERT leaves one part (all events are in one month).
+        assert _parts(ch) <= math.ceil(20_000 / batch_size) + 2
+    finally:
+        ch.command(f"SYSTEM START MERGES {event_log_settings().CLICKHOUSE_TABLE}")
+
+
+def test_event_date_time_is_publish_time_to_the_microsecond(ch):
+    with transaction.atomic():
+        [event_id] = publish(Ping(n=1))
+    published_at = OutboxEvent.objects.get(event_id=event_id).event_date_time
+    assert published_at.microsecond == published_at.microsecond  # stored with microseconds
+    assert datetime.now(UTC) >= published_at
+
+    run_relay()
+
+    [row] = ch.rows()
+    assert row[2].replace(tzinfo=UTC) == published_at
