@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import structlog
 from django.core.cache import cache
+from django.db import connections, transaction
 
 from event_log.conf import event_log_settings
 
@@ -42,3 +43,12 @@ def request_relay_run() -> bool:
 def kick_started() -> None:
     """Called by a relay run as it starts: later commits may queue the next run."""
     cache.delete(KICK_PENDING_KEY)
+
+
+def relay_run_on_commit(using: str) -> None:
+    """Register :func:`request_relay_run` once per transaction (savepoints included)."""
+    # Django keeps pending callbacks as (savepoint ids, callable, robust) tuples;
+    # a rolled-back savepoint removes its own, so this check stays accurate.
+    if any(func is request_relay_run for _, func, _ in connections[using].run_on_commit):
+        return
+    transaction.on_commit(request_relay_run, using=using, robust=True)

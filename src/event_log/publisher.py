@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import structlog
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections
 from pydantic_core import PydanticSerializationError
 
 from event_log import sql
 from event_log.events import Event
-from event_log.kick import request_relay_run
+from event_log.kick import relay_run_on_commit
 
 logger = structlog.get_logger(__name__)
 
@@ -81,7 +81,7 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
                 [event.metadata_version for event in events],
             ],
         )
-    _kick_after_commit(using)
+    relay_run_on_commit(using)
     logger.debug(
         "outbox_events_published",
         events=len(events),
@@ -89,12 +89,3 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
         event_ids=[str(event_id) for event_id in event_ids[:20]],
     )
     return event_ids
-
-
-def _kick_after_commit(using: str) -> None:
-    """Register the relay kick once per transaction (savepoint rollbacks included)."""
-    # Django keeps pending callbacks as (savepoint ids, callable, robust) tuples;
-    # a rolled-back savepoint removes its own, so this check stays accurate.
-    if any(func is request_relay_run for _, func, _ in connections[using].run_on_commit):
-        return
-    transaction.on_commit(request_relay_run, using=using, robust=True)

@@ -182,12 +182,14 @@ class Relay:
         try:
             self.finish(batch, rejected)
         except (DatabaseError, InterfaceError) as exc:
-            # The insert is done; the batch stays sealed and is re-sent under the
-            # same token after its lease, which ClickHouse deduplicates.
-            connection.close()
-            log.warning("outbox_batch_finish_failed", error=str(exc))
+            # The insert is done but the rows are still here: the batch stays sealed
+            # and is re-sent under the same token, which ClickHouse deduplicates.
             report.failures += 1
-            return False
+            report.errors.append(str(exc))
+            log.warning("outbox_batch_finish_failed", error=str(exc))
+            connection.close()
+            self._release(batch, delay=0.0, error=str(exc))
+            return True
         self.checkpoint("finished", batch)
         report.batches += 1
         report.delivered += batch.rows - len(rejected)
@@ -226,14 +228,7 @@ class Relay:
             retry_in_s=round(delay, 3),
         )
         self._drop_client()
-        try:
-            with connection.cursor() as cur:
-                cur.execute(
-                    sql.POSTPONE_BATCH,
-                    {"batch_id": batch.id, "delay": delay, "error": str(error)[:2000]},
-                )
-        except (DatabaseError, InterfaceError):
-            connection.close()  # the lease expires by itself; nothing is lost
+        self._release(batch, delay=delay, error=str(error))
         if time.monotonic() + delay >= deadline:
             return False
         self.sleep(delay)
@@ -253,6 +248,16 @@ class Relay:
         return True
 
     # -- helpers ---------------------------------------------------------------
+
+    def _release(self, batch: Batch, *, delay: float, error: str) -> None:
+        """Let any relay take the batch again after ``delay`` seconds (same rows, same token)."""
+        try:
+            with connection.cursor() as cur:
+                cur.execute(
+                    sql.POSTPONE_BATCH, {"batch_id": batch.id, "delay": delay, "error": error[:2000]}
+                )
+        except (DatabaseError, InterfaceError):
+            connection.close()  # the lease then expires by itself; nothing is lost
 
     def _isolate(
         self, ch: Client, batch: Batch, error: ClickHouseError

@@ -36,9 +36,12 @@ class Command(BaseCommand):
         try:
             relay.connect_clickhouse()
         except ClickHouseError as exc:
-            raise CommandError(
-                f"cannot reach ClickHouse at {clickhouse.mask_url(url)}: {exc}"
-            ) from None
+            message = f"cannot reach ClickHouse at {clickhouse.mask_url(url)}: {exc}"
+            if options["once"]:
+                raise CommandError(message) from None
+            # A long-running relay waits it out: events stay safe in the outbox.
+            self.stderr.write(f"{message} (retrying with back-off)")
+            logger.error("relay_clickhouse_unreachable", clickhouse_url=clickhouse.mask_url(url))
         try:
             if options["once"]:
                 self._once(relay)

@@ -1,0 +1,369 @@
+"""Plumbing shared by the benchmarks: dedicated databases, Django, probes, statistics.
+
+Every benchmark run gets databases of its own, so it never touches development
+data and always starts from the same state:
+
+- PostgreSQL: a database (``die_hard_bench`` by default) on the server named by
+  ``DATABASE_URL``, dropped and re-created, then migrated;
+- ClickHouse: a fresh embedded data folder when ``CLICKHOUSE_URL`` is ``chdb:``
+  (the default), or a ``die_hard_bench`` database when it names a server;
+- Redis: its own cache and broker database numbers and its own cache key prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+RESULTS = REPO / "bench" / "results"
+
+# Redis database numbers the benchmark owns (cache, Celery broker).
+BENCH_REDIS_DB = 14
+BENCH_BROKER_DB = 15
+BENCH_CLICKHOUSE_DATABASE = "die_hard_bench"
+QUEUE = "celery"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchEnv:
+    """Where this run's databases are; ``child_env()`` is the environment for subprocesses."""
+
+    database_url: str
+    clickhouse_url: str
+    redis_url: str
+    broker_url: str
+    clickhouse_dir: Path | None
+
+    def child_env(self, **overrides: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(SRC)
+        env.update(overrides)
+        return env
+
+
+def _with_path(url: str, path: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=path))
+
+
+def prepare_environment(*, database: str, clickhouse_dir: Path) -> BenchEnv:
+    """Point every setting at the benchmark's own databases; call before ``django.setup()``."""
+    os.environ.setdefault(
+        "ENV_FILE",
+        str(SRC / "core" / (".env" if (SRC / "core" / ".env").is_file() else ".env.ci")),
+    )
+    import environ  # noqa: PLC0415 (after ENV_FILE is settled)
+
+    env_file = Path(os.environ["ENV_FILE"])
+    if env_file.is_file():
+        environ.Env.read_env(str(env_file), overwrite=False)
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+
+    database_url = _with_path(os.environ["DATABASE_URL"], f"/{database}")
+    configured_ch = os.environ.get("CLICKHOUSE_URL", "chdb:var/clickhouse")
+    if configured_ch.startswith("chdb:"):
+        clickhouse_url = f"chdb://{clickhouse_dir.resolve()}"
+        ch_dir: Path | None = clickhouse_dir.resolve()
+    else:
+        clickhouse_url = _with_path(configured_ch, f"/{BENCH_CLICKHOUSE_DATABASE}")
+        ch_dir = None
+    redis_url = _with_path(
+        os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), f"/{BENCH_REDIS_DB}"
+    )
+    broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+    broker_url = _with_path(broker, f"/{BENCH_BROKER_DB}") if broker.startswith("redis") else broker
+
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="core.settings",
+        DATABASE_URL=database_url,
+        CLICKHOUSE_URL=clickhouse_url,
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=broker_url,
+        CACHE_KEY_PREFIX="die-hard-bench",
+        # Production-like: DEBUG off (Django would otherwise keep every query it ran).
+        DEBUG="false",
+        EVENT_LOG_KICK="false",
+        LOG_FORMAT="json",
+        LOG_LEVEL="WARNING",
+        SENTRY_DSN="",
+        SENTRY_TRACES_SAMPLE_RATE="0",
+        PYTHONPATH=str(SRC),
+    )
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-not-used-anywhere-else")
+    return BenchEnv(
+        database_url=database_url,
+        clickhouse_url=clickhouse_url,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        clickhouse_dir=ch_dir,
+    )
+
+
+def recreate_postgres_database(database_url: str) -> None:
+    import psycopg  # noqa: PLC0415
+    from psycopg import sql  # noqa: PLC0415
+
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    admin = _with_path(database_url, "/postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def setup_django(bench: BenchEnv, *, fresh: bool = True) -> None:
+    """``django.setup()`` on the bench databases; with ``fresh``, re-create and migrate them."""
+    if fresh:
+        recreate_postgres_database(bench.database_url)
+    import django  # noqa: PLC0415
+
+    django.setup()
+    if not fresh:
+        return
+    from django.core.management import call_command  # noqa: PLC0415
+
+    from event_log import clickhouse, schema  # noqa: PLC0415
+
+    call_command("migrate", verbosity=0, interactive=False)
+    if bench.clickhouse_dir is not None:
+        shutil.rmtree(bench.clickhouse_dir, ignore_errors=True)
+        bench.clickhouse_dir.mkdir(parents=True)
+    else:
+        base = bench.clickhouse_url.rsplit("/", 1)[0]
+        with clickhouse.client(f"{base}/default") as ch:
+            ch.command(f"DROP DATABASE IF EXISTS `{BENCH_CLICKHOUSE_DATABASE}`")
+    with clickhouse.client(bench.clickhouse_url) as ch:
+        schema.apply_migrations(ch)
+
+
+# -- ClickHouse ------------------------------------------------------------------
+
+
+class ClickHouseProbe:
+    """Reads the bench's event table; ``opened()`` holds a client only as long as needed.
+
+    The embedded engine can be opened by one process at a time, so the probe
+    must be closed before a worker process takes the engine over.
+    """
+
+    def __init__(self, url: str, table: str) -> None:
+        self.url = url
+        self.table = table
+        self._client: Any = None
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[ClickHouseProbe]:
+        from event_log import clickhouse  # noqa: PLC0415
+
+        own = self._client is None
+        if own:
+            self._client = clickhouse.connect(self.url)
+        try:
+            yield self
+        finally:
+            if own:
+                self._client.close()
+                self._client = None
+
+    def query(self, statement: str, **parameters: Any) -> list[tuple[Any, ...]]:
+        with self.opened():
+            return list(self._client.query(statement, parameters=parameters).result_rows)
+
+    def command(self, statement: str) -> Any:
+        with self.opened():
+            return self._client.command(statement)
+
+    def event_ids(self) -> list[uuid.UUID]:
+        return [row[0] for row in self.query(f"SELECT event_id FROM {self.table}")]
+
+    def count_and_unique(self) -> tuple[int, int]:
+        count, unique = self.query(f"SELECT count(), uniqExact(event_id) FROM {self.table}")[0]
+        return int(count), int(unique)
+
+    def block_number(self) -> int:
+        """The table's last block number: MergeTree takes one per INSERT; merges keep them."""
+        rows = self.query(
+            "SELECT max(max_block_number) FROM system.parts "
+            "WHERE database = currentDatabase() AND table = %(t)s",
+            t=self.table,
+        )
+        return int(rows[0][0] or 0)
+
+    def truncate(self) -> None:
+        self.command(f"TRUNCATE TABLE {self.table}")
+
+    def version(self) -> str:
+        return str(self.command("SELECT version()"))
+
+
+def exactly_once(probe: ClickHouseProbe, published: Sequence[uuid.UUID]) -> tuple[bool, str]:
+    """Every published id in ClickHouse, once: same set and same count."""
+    delivered = probe.event_ids()
+    same_set = set(delivered) == set(published)
+    same_count = len(delivered) == len(published)
+    detail = f"{len(delivered):,} rows in ClickHouse for {len(published):,} published"
+    if not same_set:
+        missing = len(set(published) - set(delivered))
+        extra = len(set(delivered) - set(published))
+        detail += f"; {missing:,} missing, {extra:,} unknown"
+    if not same_count and same_set:
+        detail += f"; {len(delivered) - len(set(delivered)):,} duplicates"
+    return same_set and same_count, detail
+
+
+# -- PostgreSQL ------------------------------------------------------------------
+
+
+def publish_backlog(n: int, *, chunk: int = 1_000, start: int = 0) -> list[uuid.UUID]:
+    """Publish ``n`` ``UserCreated`` events through ``publish()``, ``chunk`` per transaction."""
+    from django.db import transaction  # noqa: PLC0415
+
+    from event_log import publish  # noqa: PLC0415
+    from users.events import UserCreated  # noqa: PLC0415
+
+    ids: list[uuid.UUID] = []
+    for lo in range(start, start + n, chunk):
+        hi = min(lo + chunk, start + n)
+        events = [
+            UserCreated(
+                user_id=i,
+                email=f"user{i}@example.com",
+                first_name="Ada",
+                last_name="Lovelace",
+            )
+            for i in range(lo, hi)
+        ]
+        with transaction.atomic():
+            ids.extend(publish(*events))
+    return ids
+
+
+def settle_postgres() -> None:
+    """Vacuum the event log tables and checkpoint, so every timed run starts alike."""
+    from django.db import connection  # noqa: PLC0415
+
+    with connection.cursor() as cur:
+        cur.execute("VACUUM ANALYZE event_log_outbox")
+        cur.execute("VACUUM ANALYZE event_log_batch")
+        cur.execute("CHECKPOINT")
+
+
+def outbox_depth() -> int:
+    from django.db import connection  # noqa: PLC0415
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM event_log_outbox")
+        return int(cur.fetchone()[0])
+
+
+def postgres_version() -> str:
+    from django.db import connection  # noqa: PLC0415
+
+    with connection.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return str(cur.fetchone()[0])
+
+
+# -- Redis -----------------------------------------------------------------------
+
+
+def clear_redis(bench: BenchEnv) -> None:
+    """Empty the bench's broker queue and its kick flag (its own databases only)."""
+    import redis  # noqa: PLC0415
+
+    from event_log.kick import KICK_PENDING_KEY  # noqa: PLC0415
+
+    if bench.broker_url.startswith("redis"):
+        with contextlib.closing(redis.Redis.from_url(bench.broker_url)) as broker:
+            broker.delete(QUEUE)
+    from django.core.cache import cache  # noqa: PLC0415
+
+    cache.delete(KICK_PENDING_KEY)
+
+
+# -- measurements ----------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), linear between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    lo = math.floor(rank)
+    hi = math.ceil(rank)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB, from /proc/self/status."""
+    return _status_kb("VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass(slots=True)
+class Stopwatch:
+    started: float = 0.0
+    elapsed: float = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed = time.perf_counter() - self.started
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    import chdb  # noqa: PLC0415
+    import clickhouse_connect  # noqa: PLC0415
+    import django  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415
+
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "cpu_model": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "django": django.__version__,
+        "psycopg": psycopg.__version__,
+        "clickhouse_connect": clickhouse_connect.common.version(),
+        "chdb": getattr(chdb, "__version__", "unknown"),
+    }

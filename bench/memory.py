@@ -1,0 +1,74 @@
+"""5. Memory: the resident set of one relay process draining a large backlog.
+
+The backlog is published through ``publish()`` by this process, which then
+closes its ClickHouse client and starts ``bench/relay_memory.py``: a fresh
+process running ``event_log.relay.Relay`` with the configured batch size, which
+owns the embedded engine (so its RSS includes ClickHouse's own memory, as a
+relay's does in embedded mode). The drain is checked afterwards: as many rows in
+ClickHouse as were published, all distinct, and an empty outbox.
+
+"Start" is the RSS after the first delivered batch (Django, the engine and the
+first batch's buffers are all there); "flat" means that the resident set stays
+within a few MiB of that however many events follow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import BenchEnv, ClickHouseProbe, outbox_depth, publish_backlog, settle_postgres
+
+CHILD = Path(__file__).resolve().parent / "relay_memory.py"
+
+
+def run(
+    bench: BenchEnv,
+    probe: ClickHouseProbe,
+    *,
+    events: int,
+    sample_every: int,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    probe.truncate()
+    published = publish_backlog(events, chunk=5_000)
+    settle_postgres()
+    progress(f"  published {len(published):,} events; relay process draining them")
+    completed = subprocess.run(
+        [sys.executable, str(CHILD), "--sample-every", str(sample_every)],
+        env=bench.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"relay process failed ({completed.returncode}):\n{completed.stderr[-4000:]}"
+        )
+    child = json.loads(completed.stdout.strip().splitlines()[-1])
+    count, unique = probe.count_and_unique()
+    left = outbox_depth()
+    ok = count == unique == len(published) and left == 0
+    rss = [sample[2] for sample in child["samples"]]
+    start, end = rss[0], rss[-1]
+    result = {
+        **child,
+        "published": len(published),
+        "exactly_once": ok,
+        "check": f"{count:,} rows ({unique:,} distinct) for {len(published):,}; outbox {left}",
+        "start_mb": start,
+        "max_mb": max(rss),
+        "min_mb": min(rss),
+        "end_mb": end,
+        "max_minus_min_mb": max(rss) - min(rss),
+        "max_minus_start_mb": max(rss) - start,
+        "start_minus_min_mb": start - min(rss),
+        "events_per_s": child["events"] / child["seconds"],
+    }
+    probe.truncate()
+    return result

@@ -1,0 +1,324 @@
+"""The benchmark's table and its targets (PASS / MISS; exactly-once checks OK / FAIL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# Targets of issue 8.
+RELAY_VS_BASELINE_MIN = 0.80
+RELAY_TARGET_MIN_BATCH = 1_000
+OUTBOX_ADDED_MAX_MS = 0.2
+OUTBOX_VS_DIRECT_MIN = 5.0
+KICK_P50_MAX_S = 0.25
+KICK_P99_MAX_S = 0.5
+RSS_DRIFT_MAX_MB = 20.0
+
+VARIANT_LABELS = {
+    "none": "no event (create user only)",
+    "outbox": "outbox: + publish()",
+    "direct": "old way: + direct ClickHouse INSERT",
+    "use_case": "CreateUser use case (outbox)",
+    "outbox_kick": "outbox + on-commit kick (Redis)",
+}
+
+
+def _status(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def add(target: str, measured: str, status: str) -> None:
+        rows.append({"target": target, "measured": measured, "status": status})
+
+    if "throughput" in results:
+        for c in results["throughput"]["comparisons"]:
+            if c["batch_size"] >= RELAY_TARGET_MIN_BATCH:
+                add(
+                    f"relay >= 80% of baseline, batch {c['batch_size']:,}, "
+                    f"{c['workers']} relay{'s' if c['workers'] > 1 else ''}",
+                    f"{c['ratio']:.0%} ({c['relay_events_per_s']:,.0f} vs "
+                    f"{c['baseline_events_per_s']:,.0f} ev/s)",
+                    _status(c["ratio"] >= RELAY_VS_BASELINE_MIN),
+                )
+        relay_runs = [r for r in results["throughput"]["runs"] if r["kind"] == "relay"]
+        bad = [r for r in relay_runs if not r["exactly_once"]]
+        add(
+            "exactly once after every real-relay run",
+            f"{len(relay_runs) - len(bad)}/{len(relay_runs)} runs",
+            "FAIL" if bad else "OK",
+        )
+    if "publish" in results:
+        p = results["publish"]
+        add(
+            "outbox adds <= 0.2 ms median to a transaction",
+            f"{p['outbox_added_median_ms']:+.3f} ms",
+            _status(p["outbox_added_median_ms"] <= OUTBOX_ADDED_MAX_MS),
+        )
+        add(
+            "outbox >= 5x faster than the direct insert",
+            f"{p['direct_added_over_outbox_added']:.1f}x the added cost "
+            f"({p['direct_over_outbox']:.1f}x per transaction)",
+            _status(p["direct_added_over_outbox_added"] >= OUTBOX_VS_DIRECT_MIN),
+        )
+    if "latency" in results:
+        lat = results["latency"]["kick"]["latency"]
+        rate = results["latency"]["rate"]
+        add(
+            f"kick: p50 <= 0.25 s at {rate:.0f} events/s",
+            f"{lat['p50_s'] * 1000:.0f} ms",
+            _status(lat["p50_s"] <= KICK_P50_MAX_S),
+        )
+        add(
+            f"kick: p99 <= 0.5 s at {rate:.0f} events/s",
+            f"{lat['p99_s'] * 1000:.0f} ms",
+            _status(lat["p99_s"] <= KICK_P99_MAX_S),
+        )
+        phases = [results["latency"]["kick"], results["latency"]["beat"]]
+        bad_phases = [ph["name"] for ph in phases if not ph["exactly_once"]]
+        add(
+            "exactly once through the Celery worker",
+            ", ".join(bad_phases) if bad_phases else "kick and Beat phases",
+            "FAIL" if bad_phases else "OK",
+        )
+    if "memory" in results:
+        m = results["memory"]
+        drift = max(m["max_minus_start_mb"], m["start_minus_min_mb"])
+        add(
+            f"relay RSS within +/-20 MB over {m['events']:,} events",
+            f"start {m['start_mb']:.0f} MiB, max {m['max_mb']:.0f}, end {m['end_mb']:.0f} "
+            f"(drift {drift:.1f} MiB)",
+            _status(drift <= RSS_DRIFT_MAX_MB),
+        )
+        add(
+            f"memory drain delivered every event once ({m['events']:,})",
+            m["check"],
+            "OK" if m["exactly_once"] else "FAIL",
+        )
+    return rows
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        f"Event log benchmark — {results['mode']} run, {results['started_at'][:19]}Z, "
+        f"{results['duration_s'] / 60:.1f} min",
+        f"{m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; Python {m['python']}, "
+        f"Django {m['django']}, PostgreSQL {m['postgresql']}, ClickHouse {m['clickhouse']} "
+        f"({results['settings']['clickhouse']})",
+    ]
+    if "publish" in results:
+        p = results["publish"]
+        base = p["variants"]["none"]["median_ms"]
+        rows = [
+            [
+                VARIANT_LABELS[name],
+                f"{v['median_ms']:.3f}",
+                f"{v['p99_ms']:.3f}",
+                f"{v['median_ms'] - base:+.3f}",
+                f"{v['median_ms'] / base:.2f}x",
+            ]
+            for name, v in p["variants"].items()
+        ]
+        out += [
+            "",
+            f"1. Publish overhead — one business transaction, {p['rounds']:,} samples per variant",
+            table(
+                ["transaction", "median ms", "p99 ms", "added ms", "vs no event"],
+                rows,
+                {1, 2, 3, 4},
+            ),
+            f"outbox adds {p['outbox_added_median_ms']:.3f} ms (median); the direct insert adds "
+            f"{p['direct_added_median_ms']:.3f} ms = {p['direct_added_over_outbox_added']:.1f}x "
+            f"the outbox's cost; a direct-insert transaction takes "
+            f"{p['direct_over_outbox']:.1f}x an outbox one",
+        ]
+    if "throughput" in results:
+        t = results["throughput"]
+        runs = {(r["kind"], r["batch_size"], r["workers"]): r for r in t["runs"]}
+        rows = []
+        for c in t["comparisons"]:
+            relay = runs[("relay", c["batch_size"], c["workers"])]
+            base = runs[("baseline", c["batch_size"], c["workers"])]
+            rows.append(
+                [
+                    f"{c['batch_size']:,}",
+                    str(c["workers"]),
+                    f"{c['relay_events_per_s']:,.0f}",
+                    f"{c['baseline_events_per_s']:,.0f}",
+                    f"{c['ratio']:.0%}",
+                    f"{relay['inserts']:,}",
+                    f"{base['inserts']:,}",
+                    "OK" if relay["exactly_once"] else "FAIL",
+                ]
+            )
+        out += [
+            "",
+            f"2. Relay throughput — draining a backlog of {t['backlog']:,} events",
+            table(
+                [
+                    "batch",
+                    "relays",
+                    "relay ev/s",
+                    "baseline ev/s",
+                    "relay/baseline",
+                    "relay inserts",
+                    "baseline inserts",
+                    "exactly once",
+                ],
+                rows,
+                {0, 1, 2, 3, 4, 5, 6},
+            ),
+        ]
+    if "latency" in results:
+        lat = results["latency"]
+        rows = []
+        for label, phase in (
+            ("on-commit kick + worker", lat["kick"]),
+            (f"Beat every {lat['beat_interval']:g} s + worker", lat["beat"]),
+        ):
+            q = phase["latency"]
+            rows.append(
+                [
+                    label,
+                    f"{phase['load']['rate']:.0f}",
+                    f"{q['p50_s'] * 1000:.0f}",
+                    f"{q['p90_s'] * 1000:.0f}",
+                    f"{q['p99_s'] * 1000:.0f}",
+                    f"{q['max_s'] * 1000:.0f}",
+                    f"{q['n']:,}",
+                    "OK" if phase["exactly_once"] else "FAIL",
+                ]
+            )
+        trickle = lat["kick"]["trickle"]
+        q = trickle["latency"]
+        rows.append(
+            [
+                f"idle: 1 event every {trickle['gap_s']:g} s, kick",
+                f"{trickle['events'] / (trickle['events'] * trickle['gap_s']):.0f}",
+                f"{q['p50_s'] * 1000:.0f}",
+                f"{q['p90_s'] * 1000:.0f}",
+                f"{q['p99_s'] * 1000:.0f}",
+                f"{q['max_s'] * 1000:.0f}",
+                f"{q['n']:,}",
+                "OK" if lat["kick"]["exactly_once"] else "FAIL",
+            ]
+        )
+        out += [
+            "",
+            f"3. Latency — commit to outbox row gone (= in ClickHouse), "
+            f"{lat['rate']:.0f} events/s for {lat['seconds']:g} s, real Celery worker",
+            table(
+                ["mode", "ev/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "events", "exactly once"],
+                rows,
+                {1, 2, 3, 4, 5, 6},
+            ),
+        ]
+    economy = _economy_rows(results)
+    if economy:
+        out += [
+            "",
+            "4. Insert economy — ClickHouse INSERTs per 10,000 events",
+            table(["situation", "events", "inserts", "per 10k events"], economy, {1, 2, 3}),
+        ]
+    if "memory" in results:
+        mem = results["memory"]
+        out += [
+            "",
+            f"5. Memory — one relay process draining {mem['events']:,} events "
+            f"(batch {mem['batch_size']:,}, RSS sampled {len(mem['samples'])} times)",
+            table(
+                [
+                    "before engine",
+                    "start",
+                    "max",
+                    "min",
+                    "end",
+                    "max-min",
+                    "VmHWM",
+                    "ev/s",
+                    "exactly once",
+                ],
+                [
+                    [
+                        f"{mem['rss_engine_open_mb']:.0f} MiB",
+                        f"{mem['start_mb']:.0f} MiB",
+                        f"{mem['max_mb']:.0f} MiB",
+                        f"{mem['min_mb']:.0f} MiB",
+                        f"{mem['end_mb']:.0f} MiB",
+                        f"{mem['max_minus_min_mb']:.1f} MiB",
+                        f"{mem['vm_hwm_mb']:.0f} MiB",
+                        f"{mem['events_per_s']:,.0f}",
+                        "OK" if mem["exactly_once"] else "FAIL",
+                    ]
+                ],
+                set(range(8)),
+            ),
+        ]
+    if results.get("targets"):
+        out += [
+            "",
+            "Targets",
+            table(
+                ["target", "measured", "status"],
+                [[t["target"], t["measured"], t["status"]] for t in results["targets"]],
+                set(),
+            ),
+        ]
+    return "\n".join(out)
+
+
+def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+
+    def add(label: str, events: int, inserts: int) -> None:
+        per = inserts / events * 10_000 if events else float("nan")
+        rows.append([label, f"{events:,}", f"{inserts:,}", f"{per:,.1f}"])
+
+    if "throughput" in results:
+        for r in results["throughput"]["runs"]:
+            if r["kind"] == "relay" and r["workers"] == 1:
+                add(f"backlog, batch {r['batch_size']:,}, 1 relay", r["events"], r["inserts"])
+    if "latency" in results:
+        lat = results["latency"]
+        add(
+            f"steady {lat['rate']:.0f} ev/s, kick",
+            lat["kick"]["events"],
+            lat["kick"]["inserts_steady"],
+        )
+        add(
+            f"steady {lat['rate']:.0f} ev/s, Beat {lat['beat_interval']:g} s",
+            lat["beat"]["events"],
+            lat["beat"]["inserts_steady"],
+        )
+        trickle = lat["kick"]["trickle"]
+        add(
+            f"idle trickle, 1 event / {trickle['gap_s']:g} s, kick",
+            trickle["events"],
+            trickle["inserts"],
+        )
+    if "memory" in results:
+        mem = results["memory"]
+        add(
+            f"backlog, batch {mem['batch_size']:,} (default), 1 relay",
+            mem["events"],
+            mem["batches"],
+        )
+    return rows

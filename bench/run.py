@@ -1,0 +1,216 @@
+"""Benchmarks of the event log, all in one run: ``make bench`` (or ``python bench/run.py``).
+
+1. publish overhead — a business transaction with no event, with the outbox,
+   and with the old direct ClickHouse insert;
+2. relay throughput — draining a backlog at several batch sizes, 1 and 2 relays,
+   next to a minimal hand-written relay, with an exactly-once check per run;
+3. latency — commit to delivered at a steady rate, with the on-commit kick and
+   with Beat alone, through a real Celery worker;
+4. insert economy — ClickHouse INSERTs per 10,000 events under load and idle;
+5. memory — RSS of one relay process draining a large backlog.
+
+The run uses databases of its own (see ``harness``), prints a table and writes
+the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
+``bench/results/latest.json`` (plus the table as ``.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+import latency
+import memory
+import publish_overhead
+import report
+import throughput
+
+SECTIONS = ("publish", "throughput", "latency", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    publish_rounds: int
+    publish_warmup: int
+    backlog: int
+    batch_sizes: tuple[int, ...]
+    rate: float
+    seconds: float
+    beat_interval: float
+    trickle_events: int
+    trickle_gap: float
+    memory_events: int
+    sample_every: int
+
+
+FULL = Sizes(
+    publish_rounds=2_000,
+    publish_warmup=100,
+    backlog=100_000,
+    batch_sizes=(100, 1_000, 10_000),
+    rate=500,
+    seconds=10,
+    beat_interval=1.0,
+    trickle_events=100,
+    trickle_gap=0.1,
+    memory_events=1_000_000,
+    sample_every=1,
+)
+QUICK = Sizes(
+    publish_rounds=200,
+    publish_warmup=20,
+    backlog=10_000,
+    batch_sizes=(100, 1_000, 10_000),
+    rate=500,
+    seconds=3,
+    beat_interval=1.0,
+    trickle_events=20,
+    trickle_gap=0.1,
+    memory_events=100_000,
+    sample_every=1,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="the sizes of issue 8 (default)")
+    mode.add_argument("--quick", action="store_true", help="small sizes, a minute or two")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--database", default="die_hard_bench", help="PostgreSQL database to (re)create"
+    )
+    parser.add_argument(
+        "--keep-data", action="store_true", help="keep the embedded ClickHouse folder"
+    )
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    started_at = datetime.now(UTC)
+    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    workdir = harness.RESULTS / "work"
+    clickhouse_dir = workdir / "clickhouse"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    bench = harness.prepare_environment(database=args.database, clickhouse_dir=clickhouse_dir)
+    say(f"preparing PostgreSQL database {args.database!r} and a fresh ClickHouse")
+    harness.setup_django(bench)
+    from django.conf import settings  # noqa: PLC0415
+
+    table = settings.EVENT_LOG["CLICKHOUSE_TABLE"]
+    probe = harness.ClickHouseProbe(bench.clickhouse_url, table)
+    machine = harness.machine_info()
+    machine["postgresql"] = harness.postgres_version()
+    machine["clickhouse"] = probe.version()
+    results: dict[str, Any] = {
+        "started_at": started_at.isoformat(),
+        "mode": "quick" if args.quick else "full",
+        "sizes": asdict(sizes),
+        "machine": machine,
+        "settings": {
+            "default_batch_size": settings.EVENT_LOG["BATCH_SIZE"],
+            "clickhouse": "embedded (chdb)" if bench.clickhouse_dir else "server",
+            "debug": settings.DEBUG,
+            "log_level": "WARNING (worker: INFO)",
+        },
+    }
+    clock = time.perf_counter()
+    try:
+        if "publish" in only:
+            say(f"1. publish overhead: {sizes.publish_rounds:,} rounds of each variant")
+            results["publish"] = _timed(
+                lambda: publish_overhead.run(
+                    bench, probe, rounds=sizes.publish_rounds, warmup=sizes.publish_warmup
+                )
+            )
+        if "throughput" in only:
+            say(f"2. relay throughput: backlog of {sizes.backlog:,} events per run")
+            results["throughput"] = _timed(
+                lambda: throughput.run(
+                    bench,
+                    probe,
+                    backlog=sizes.backlog,
+                    batch_sizes=sizes.batch_sizes,
+                    progress=say,
+                )
+            )
+        if "latency" in only:
+            say("3./4. latency and insert economy through a Celery worker")
+            results["latency"] = _timed(
+                lambda: latency.run(
+                    bench,
+                    probe,
+                    workdir,
+                    rate=sizes.rate,
+                    seconds=sizes.seconds,
+                    beat_interval=sizes.beat_interval,
+                    trickle_events=sizes.trickle_events,
+                    trickle_gap=sizes.trickle_gap,
+                    progress=say,
+                )
+            )
+        if "memory" in only:
+            say(f"5. memory: one relay process draining {sizes.memory_events:,} events")
+            results["memory"] = _timed(
+                lambda: memory.run(
+                    bench,
+                    probe,
+                    events=sizes.memory_events,
+                    sample_every=sizes.sample_every,
+                    progress=say,
+                )
+            )
+    finally:
+        from django.db import connections  # noqa: PLC0415
+
+        connections.close_all()
+        if bench.clickhouse_dir is not None and not args.keep_data:
+            shutil.rmtree(bench.clickhouse_dir, ignore_errors=True)
+
+    results["duration_s"] = time.perf_counter() - clock
+    results["targets"] = report.targets(results)
+    table_text = report.render(results)
+    print()
+    print(table_text)
+
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    document = json.dumps(results, indent=2, default=str)
+    for name in (f"bench-{stamp}", "latest"):
+        (harness.RESULTS / f"{name}.json").write_text(document + "\n")
+        (harness.RESULTS / f"{name}.txt").write_text(table_text + "\n")
+    print(f"\nwritten: bench/results/bench-{stamp}.json and bench/results/latest.json")
+    failed = [t for t in results["targets"] if t["status"] == "FAIL"]
+    return 1 if failed else 0
+
+
+def _timed(action: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = action()
+    result["section_seconds"] = time.perf_counter() - started
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""2. Relay throughput: events/s draining a backlog into ClickHouse.
+
+For each batch size, a backlog of ``UserCreated`` events is published through
+``publish()`` and drained by, in turn:
+
+- the hand-written baseline: one ``DELETE ... RETURNING`` and one
+  clickhouse-connect ``client.insert(rows)`` per batch, in one PostgreSQL
+  transaction — no batch ids, no lease, no deduplication token, no retries;
+- the real relay, ``event_log.relay.Relay(config=...).run()``;
+
+each with 1 and with 2 workers (threads of this process; each opens its own
+PostgreSQL connection and ClickHouse client before the clock starts and closes
+them at the end). After every run of the real relay, the set of published
+event ids is compared with the set in ClickHouse, and the counts too.
+
+Inserts are counted per run: relay batches (``RelayReport.batches``) for the
+relay, loop iterations for the baseline — each is one ClickHouse INSERT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
+
+from harness import (
+    BenchEnv,
+    ClickHouseProbe,
+    exactly_once,
+    outbox_depth,
+    publish_backlog,
+    settle_postgres,
+)
+
+BASELINE_DELETE = """
+DELETE FROM event_log_outbox WHERE id IN (
+    SELECT id FROM event_log_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+)
+RETURNING event_id, event_type, event_date_time, environment, event_context, metadata_version
+"""
+
+
+class Drainer(Protocol):
+    def prepare(self) -> None: ...
+    def drain(self) -> tuple[int, int]: ...  # (inserts, events)
+    def close(self) -> None: ...
+
+
+class BaselineRelay:
+    """The minimal relay a hurried engineer would write. At-least-once at best."""
+
+    def __init__(self, bench: BenchEnv, table: str, batch_size: int) -> None:
+        self.bench = bench
+        self.table = table
+        self.batch_size = batch_size
+        self.pg: Any = None
+        self.ch: Any = None
+
+    def prepare(self) -> None:
+        import psycopg  # noqa: PLC0415
+
+        from event_log import clickhouse  # noqa: PLC0415
+
+        self.pg = psycopg.connect(self.bench.database_url)
+        self.ch = clickhouse.connect(self.bench.clickhouse_url)
+
+    def drain(self) -> tuple[int, int]:
+        from event_log import sql  # noqa: PLC0415
+
+        columns = list(sql.CLICKHOUSE_COLUMNS)
+        inserts = events = 0
+        while True:
+            with self.pg.transaction(), self.pg.cursor() as cur:
+                cur.execute(BASELINE_DELETE, [self.batch_size])
+                rows = cur.fetchall()
+                if not rows:
+                    return inserts, events
+                self.ch.insert(self.table, rows, column_names=columns, settings={"async_insert": 0})
+            inserts += 1
+            events += len(rows)
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()
+        if self.ch is not None:
+            self.ch.close()
+
+
+class RealRelay:
+    """``event_log.relay.Relay`` with the batch size under test and a budget that never ends."""
+
+    def __init__(self, batch_size: int) -> None:
+        from event_log.conf import event_log_settings  # noqa: PLC0415
+        from event_log.relay import Relay  # noqa: PLC0415
+
+        self.relay = Relay(config=event_log_settings(BATCH_SIZE=batch_size, TIME_BUDGET=3600))
+
+    def prepare(self) -> None:
+        from django.db import connection  # noqa: PLC0415
+
+        self.relay.connect_clickhouse()
+        connection.ensure_connection()
+
+    def drain(self) -> tuple[int, int]:
+        report = self.relay.run()
+        if report.failures or not report.drained:
+            raise RuntimeError(f"relay did not drain cleanly: {report}")
+        return report.batches, report.delivered
+
+    def close(self) -> None:
+        self.relay.close()
+
+
+def _drain_with(make: Callable[[], Drainer], workers: int) -> tuple[float, int, int]:
+    """Run ``workers`` drainers side by side; returns (seconds, inserts, events)."""
+    from django.db import connection  # noqa: PLC0415
+
+    barrier = threading.Barrier(workers + 1)
+    results: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        drainer: Drainer | None = None
+        try:
+            drainer = make()
+            drainer.prepare()
+            barrier.wait()
+            results.append(drainer.drain())
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            if drainer is not None:
+                drainer.close()
+            connection.close()
+
+    threads = [threading.Thread(target=work, name=f"drainer-{i}") for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed, sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def run(
+    bench: BenchEnv,
+    probe: ClickHouseProbe,
+    *,
+    backlog: int,
+    batch_sizes: tuple[int, ...],
+    worker_counts: tuple[int, ...] = (1, 2),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for batch in batch_sizes:
+        for workers in worker_counts:
+            for kind in ("baseline", "relay"):
+                probe.truncate()
+                published = publish_backlog(backlog)
+                settle_postgres()
+                make: Callable[[], Drainer] = (
+                    partial(RealRelay, batch)
+                    if kind == "relay"
+                    else partial(BaselineRelay, bench, probe.table, batch)
+                )
+                seconds, inserts, events = _drain_with(make, workers)
+                left = outbox_depth()
+                if kind == "relay":
+                    ok, detail = exactly_once(probe, published)
+                else:
+                    count, unique = probe.count_and_unique()
+                    ok = count == unique == len(published)
+                    detail = f"{count:,} rows ({unique:,} distinct) for {len(published):,}"
+                ok = ok and left == 0 and events == len(published)
+                result = {
+                    "kind": kind,
+                    "batch_size": batch,
+                    "workers": workers,
+                    "events": events,
+                    "seconds": seconds,
+                    "events_per_s": events / seconds,
+                    "inserts": inserts,
+                    "inserts_per_10k": inserts / events * 10_000 if events else 0.0,
+                    "exactly_once": ok,
+                    "check": detail,
+                }
+                runs.append(result)
+                progress(
+                    f"  {kind:8} batch {batch:>6,} x{workers}: {result['events_per_s']:>9,.0f} ev/s"
+                    f"  {inserts:>5} inserts  {'OK' if ok else 'FAIL'} ({detail})"
+                )
+    probe.truncate()
+    comparisons = []
+    for batch in batch_sizes:
+        for workers in worker_counts:
+            pick = {
+                r["kind"]: r for r in runs if r["batch_size"] == batch and r["workers"] == workers
+            }
+            comparisons.append(
+                {
+                    "batch_size": batch,
+                    "workers": workers,
+                    "relay_events_per_s": pick["relay"]["events_per_s"],
+                    "baseline_events_per_s": pick["baseline"]["events_per_s"],
+                    "ratio": pick["relay"]["events_per_s"] / pick["baseline"]["events_per_s"],
+                    "exactly_once": pick["relay"]["exactly_once"],
+                }
+            )
+    return {"backlog": backlog, "runs": runs, "comparisons": comparisons}

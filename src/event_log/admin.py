@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+
+from event_log.dead_letters import dead_letters_replay
+from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
+
+
+class DeadLetterForm(ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = DeadLetter
+        fields = ("event_context",)
+
+    def clean_event_context(self) -> str:
+        text: str = self.cleaned_data["event_context"]
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise ValidationError(f"event_context must be valid JSON: {exc}") from exc
+        return text
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Staff inspect rejected events, fix their context if needed, and replay them."""
+
+    form = DeadLetterForm
+    list_display = ("id", "event_type", "event_id", "error_code", "attempts", "dead_lettered_at")
+    list_filter = ("event_type", "error_code")
+    search_fields = ("event_id", "error")
+    readonly_fields = (
+        "event_id",
+        "event_type",
+        "event_date_time",
+        "environment",
+        "metadata_version",
+        "error",
+        "error_code",
+        "attempts",
+        "batch_id",
+        "dead_lettered_at",
+    )
+    actions = ("replay",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Replay selected dead letters", permissions=["change"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        count = dead_letters_replay(ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"{count} dead letters sent back to the outbox", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "event_type", "event_id", "event_date_time", "batch")
+    list_filter = ("event_type",)
+    show_full_result_count = False
+
+
+@admin.register(OutboxBatch)
+class OutboxBatchAdmin(ReadOnlyAdmin):
+    list_display = ("id", "sealed_at", "lease_until", "attempts", "last_error")
