@@ -122,3 +122,13 @@ def manage(process_env: dict[str, str]) -> Any:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """A test database per checkout, so two checkouts can run their suites side by side."""
+    import hashlib
+
+    suffix = hashlib.sha1(str(SRC).encode(), usedforsecurity=False).hexdigest()[:8]
+    test = settings.DATABASES["default"].setdefault("TEST", {})
+    test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{suffix}"

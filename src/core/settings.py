@@ -48,6 +48,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
+    "core.middleware.RequestIdHeaderMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -135,6 +136,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# django-structlog carries the request id (and other bound context) into tasks.
+DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# An incoming X-Request-ID (from a proxy or the caller) becomes the request id.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=True)
 
 # ClickHouse: a server (http/https) or the embedded engine (chdb:).
 CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")

@@ -2,8 +2,11 @@ from django.contrib import admin
 from django.urls import path
 
 from core.api import api
+from event_log import views as event_log_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    path("health", event_log_views.health, name="health"),
+    path("metrics", event_log_views.metrics, name="metrics"),
 ]

@@ -84,3 +84,24 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
+
+
+class RelayStats(models.Model):
+    """Running totals of every relay, anywhere: one row, updated with each batch's delete.
+
+    Kept in PostgreSQL so that /metrics and the status command report the same
+    numbers whichever process or machine the relays run on.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    batches_delivered = models.PositiveBigIntegerField(default=0)
+    events_delivered = models.PositiveBigIntegerField(default=0)
+    events_dead_lettered = models.PositiveBigIntegerField(default=0)
+    last_delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "event_log_relay_stats"
+        verbose_name_plural = "relay stats"
+
+    def __str__(self) -> str:
+        return f"{self.events_delivered} events delivered"

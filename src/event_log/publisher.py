@@ -13,6 +13,7 @@ from pydantic_core import PydanticSerializationError
 from event_log import sql
 from event_log.events import Event
 from event_log.kick import relay_run_on_commit
+from event_log.metrics import EVENTS_PUBLISHED
 
 logger = structlog.get_logger(__name__)
 
@@ -82,7 +83,8 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
             ],
         )
     relay_run_on_commit(using)
-    logger.debug(
+    EVENTS_PUBLISHED.inc(len(events))
+    logger.info(
         "outbox_events_published",
         events=len(events),
         event_types=sorted({event.event_type for event in events}),

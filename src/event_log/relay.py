@@ -24,7 +24,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import sentry_sdk
 import structlog
 from clickhouse_connect.driver.client import Client
 from django.db import DatabaseError, InterfaceError, connection, transaction
@@ -33,6 +35,7 @@ from psycopg import sql as pgsql
 from event_log import clickhouse, sql
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
+from event_log.metrics import BATCH_DURATION, BATCH_FAILURES
 
 logger = structlog.get_logger(__name__)
 
@@ -144,19 +147,33 @@ class Relay:
                         },
                     )
             cur.execute(sql.DELETE_BATCH_ROWS, {"batch_id": batch.id})
+            if cur.rowcount:  # not when a relay that outlived its lease comes second
+                cur.execute(
+                    sql.RECORD_DELIVERY,
+                    {"delivered": cur.rowcount, "dead_lettered": len(rejected)},
+                )
             cur.execute(sql.DELETE_BATCH, {"batch_id": batch.id})
 
     # -- the loop --------------------------------------------------------------
 
     def run(self, *, time_budget: float | None = None, max_batches: int | None = None) -> RelayReport:
         """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
+        with _trace("event_log.relay", "relay run") as span:
+            report = self._run(time_budget=time_budget, max_batches=max_batches)
+            span.set_data("batches", report.batches)
+            span.set_data("events_delivered", report.delivered)
+            span.set_data("failures", report.failures)
+        return report
+
+    def _run(self, *, time_budget: float | None, max_batches: int | None) -> RelayReport:
         budget = self.config.TIME_BUDGET if time_budget is None else time_budget
         deadline = time.monotonic() + budget
         report = RelayReport()
         db_failures = 0
         while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
             try:
-                batch = self.claim()
+                with sentry_sdk.start_span(op="db", name="event_log seal batch"):
+                    batch = self.claim()
             except (DatabaseError, InterfaceError) as exc:
                 db_failures += 1
                 if not self._wait_after_database_error(exc, db_failures, deadline, report):
@@ -166,8 +183,12 @@ class Relay:
             if batch is None:
                 report.drained = True
                 break
-            if not self._deliver(batch, deadline, report):
-                break
+            with sentry_sdk.start_span(op="event_log.batch", name="event_log deliver batch") as span:
+                span.set_data("batch_id", str(batch.id))
+                span.set_data("rows", batch.rows)
+                span.set_data("attempt", batch.attempts)
+                if not self._deliver(batch, deadline, report):
+                    break
         return report
 
     def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
@@ -175,12 +196,14 @@ class Relay:
         started = time.perf_counter()
         self.checkpoint("sealed", batch)
         try:
-            rejected = self.write(batch)
+            with sentry_sdk.start_span(op="db.clickhouse", name="event_log insert batch"):
+                rejected = self.write(batch)
         except ClickHouseError as error:
             return self._postpone(batch, error, deadline, report, log)
         self.checkpoint("inserted", batch)
         try:
-            self.finish(batch, rejected)
+            with sentry_sdk.start_span(op="db", name="event_log delete batch"):
+                self.finish(batch, rejected)
         except (DatabaseError, InterfaceError) as exc:
             # The insert is done but the rows are still here: the batch stays sealed
             # and is re-sent under the same token, which ClickHouse deduplicates.
@@ -191,20 +214,24 @@ class Relay:
             self._release(batch, delay=0.0, error=str(exc))
             return True
         self.checkpoint("finished", batch)
+        duration = time.perf_counter() - started
+        BATCH_DURATION.observe(duration)
         report.batches += 1
         report.delivered += batch.rows - len(rejected)
         report.dead_lettered += len(rejected)
         if rejected:
+            error = rejected[0][1]
             log.error(
                 "outbox_events_dead_lettered",
                 dead_lettered=len(rejected),
-                error=str(rejected[0][1]),
-                error_code=rejected[0][1].code,
+                error=str(error),
+                error_code=error.code,
             )
+            _capture(error, batch, dead_lettered=len(rejected))
         log.info(
             "outbox_batch_delivered",
             delivered=batch.rows - len(rejected),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(duration * 1000, 3),
         )
         return True
 
@@ -221,6 +248,8 @@ class Relay:
         )
         report.failures += 1
         report.errors.append(str(error))
+        BATCH_FAILURES.inc()
+        _capture(error, batch, retry_in_s=round(delay, 3))
         log.warning(
             "outbox_batch_failed",
             error=str(error),
@@ -307,6 +336,33 @@ class Relay:
     def close(self) -> None:
         """Close the ClickHouse client (the embedded engine can then be opened elsewhere)."""
         self._drop_client()
+
+
+def _trace(op: str, name: str) -> Any:
+    """A span under the current transaction (a Celery task's), or a transaction of its own."""
+    if sentry_sdk.get_current_span() is not None:
+        return sentry_sdk.start_span(op=op, name=name)
+    return sentry_sdk.start_transaction(op=op, name=name)
+
+
+def _capture(error: ClickHouseError, batch: Batch, **extra: Any) -> None:
+    """Report a batch failure to Sentry with what an operator needs (no-op without a DSN)."""
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("event_log.batch_id", str(batch.id))
+        scope.set_tag("clickhouse.error_code", str(error.code))
+        scope.set_context(
+            "event_log_batch",
+            {
+                "batch_id": str(batch.id),
+                "rows": batch.rows,
+                "attempt": batch.attempts,
+                "clickhouse_error": str(error),
+                "clickhouse_error_code": error.code,
+                "transient": error.transient,
+                **extra,
+            },
+        )
+        sentry_sdk.capture_exception(error)
 
 
 def run_relay(

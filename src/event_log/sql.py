@@ -76,6 +76,19 @@ BATCH_ROW_IDS = "SELECT id FROM event_log_outbox WHERE batch_id = %(batch_id)s O
 DELETE_BATCH_ROWS = "DELETE FROM event_log_outbox WHERE batch_id = %(batch_id)s"
 DELETE_BATCH = "DELETE FROM event_log_batch WHERE id = %(batch_id)s"
 
+# Running totals, in the same transaction as the delete (so they are never off by a batch).
+RECORD_DELIVERY = """
+INSERT INTO event_log_relay_stats
+    (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
+VALUES (1, 1, %(delivered)s, %(dead_lettered)s, now())
+ON CONFLICT (id) DO UPDATE SET
+    batches_delivered = event_log_relay_stats.batches_delivered + 1,
+    events_delivered = event_log_relay_stats.events_delivered + EXCLUDED.events_delivered,
+    events_dead_lettered = event_log_relay_stats.events_dead_lettered
+        + EXCLUDED.events_dead_lettered,
+    last_delivered_at = now()
+"""
+
 # A transient failure: keep the batch sealed; nobody retries before the back-off ends.
 POSTPONE_BATCH = """
 UPDATE event_log_batch
@@ -115,5 +128,9 @@ SELECT
     (SELECT count(*) FROM event_log_outbox) AS outbox_depth,
     (SELECT min(event_date_time) FROM event_log_outbox) AS oldest_event_at,
     (SELECT count(*) FROM event_log_batch) AS batches_in_flight,
-    (SELECT count(*) FROM event_log_dead_letter) AS dead_letters
+    (SELECT count(*) FROM event_log_dead_letter) AS dead_letters,
+    stats.batches_delivered, stats.events_delivered, stats.events_dead_lettered,
+    stats.last_delivered_at
+FROM (SELECT 1) AS one
+LEFT JOIN event_log_relay_stats AS stats ON stats.id = 1
 """

@@ -18,6 +18,10 @@ class OutboxStatus:
     oldest_event_at: datetime | None
     batches_in_flight: int
     dead_letters: int
+    batches_delivered: int
+    events_delivered: int
+    events_dead_lettered: int
+    last_delivered_at: datetime | None
 
     @property
     def lag_seconds(self) -> float:
@@ -27,7 +31,8 @@ class OutboxStatus:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["oldest_event_at"] = self.oldest_event_at.isoformat() if self.oldest_event_at else None
+        for key in ("oldest_event_at", "last_delivered_at"):
+            data[key] = data[key].isoformat() if data[key] else None
         data["lag_seconds"] = round(self.lag_seconds, 6)
         return data
 
@@ -35,9 +40,18 @@ class OutboxStatus:
 def outbox_status() -> OutboxStatus:
     with connection.cursor() as cur:
         cur.execute(sql.STATUS)
-        depth, oldest, batches, dead = cur.fetchone()
+        depth, oldest, batches, dead, delivered_batches, delivered, dead_lettered, last = (
+            cur.fetchone()
+        )
     return OutboxStatus(
-        outbox_depth=depth, oldest_event_at=oldest, batches_in_flight=batches, dead_letters=dead
+        outbox_depth=depth,
+        oldest_event_at=oldest,
+        batches_in_flight=batches,
+        dead_letters=dead,
+        batches_delivered=delivered_batches or 0,
+        events_delivered=delivered or 0,
+        events_dead_lettered=dead_lettered or 0,
+        last_delivered_at=last,
     )
 
 

@@ -1,0 +1,93 @@
+"""Prometheus metrics of the event log.
+
+Outbox gauges and delivery counters are read from PostgreSQL at scrape time,
+so they are right however many relays run, in whatever processes or machines.
+The batch-duration histogram and the published-events counter are measured
+where the work happens; with several processes on one host set
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and the
+web process exposes the sum.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from event_log.status import outbox_status
+
+EVENTS_PUBLISHED = Counter(
+    "event_log_events_published",
+    "Events written to the outbox by committed or pending transactions in this host's processes.",
+)
+BATCH_DURATION = Histogram(
+    "event_log_batch_duration_seconds",
+    "Time to deliver one batch: ClickHouse insert plus PostgreSQL delete.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BATCH_FAILURES = Counter(
+    "event_log_batch_failures",
+    "Batch attempts that failed transiently and were postponed.",
+)
+
+
+class OutboxCollector(Collector):
+    """Gauges and counters computed from the outbox tables at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        status = outbox_status()
+        gauges = {
+            "event_log_outbox_depth": ("Events not yet in ClickHouse.", status.outbox_depth),
+            "event_log_lag_seconds": (
+                "Age of the oldest event not yet in ClickHouse.",
+                status.lag_seconds,
+            ),
+            "event_log_batches_in_flight": (
+                "Sealed batches not yet delivered.",
+                status.batches_in_flight,
+            ),
+            "event_log_dead_letters": ("Events waiting in the dead-letter table.", status.dead_letters),
+            "event_log_last_delivery_timestamp_seconds": (
+                "Unix time of the last delivered batch (0 if none).",
+                status.last_delivered_at.timestamp() if status.last_delivered_at else 0.0,
+            ),
+        }
+        for name, (documentation, value) in gauges.items():
+            yield GaugeMetricFamily(name, documentation, value=value)
+        counters = {
+            "event_log_events_delivered": ("Events stored in ClickHouse.", status.events_delivered),
+            "event_log_events_dead_lettered": (
+                "Events moved to the dead-letter table.",
+                status.events_dead_lettered,
+            ),
+            "event_log_batches_delivered": ("Batches delivered.", status.batches_delivered),
+        }
+        for name, (documentation, value) in counters.items():
+            yield CounterMetricFamily(name, documentation, value=value)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry = _with_default(registry)
+    registry.register(OutboxCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _with_default(registry: CollectorRegistry) -> CollectorRegistry:
+    for collector in (EVENTS_PUBLISHED, BATCH_DURATION, BATCH_FAILURES):
+        registry.register(collector)
+    return registry

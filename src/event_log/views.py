@@ -1,0 +1,37 @@
+"""HTTP endpoints for operators: /health and /metrics (thin: the work is in status/metrics)."""
+
+from __future__ import annotations
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+
+from event_log.metrics import render_metrics
+from event_log.status import outbox_status
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """200 when PostgreSQL answers (with outbox depth and lag), 503 otherwise."""
+    try:
+        status = outbox_status()
+    except DatabaseError:
+        return JsonResponse({"status": "unavailable", "database": "unreachable"}, status=503)
+    return JsonResponse(
+        {
+            "status": "ok",
+            "database": "ok",
+            "outbox_depth": status.outbox_depth,
+            "lag_seconds": round(status.lag_seconds, 3),
+            "dead_letters": status.dead_letters,
+        }
+    )
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    try:
+        body, content_type = render_metrics()
+    except DatabaseError:
+        return HttpResponse("database unreachable\n", status=503, content_type="text/plain")
+    return HttpResponse(body, content_type=content_type)
