@@ -62,12 +62,12 @@ class ClickHouseProbe:
     def event_ids(self) -> list[uuid.UUID]:
         """Every event_id in the table, duplicates kept (so a set comparison plus a
         length comparison proves exactly-once)."""
-        return [row[0] for row in self.query(f"SELECT event_id FROM {self.table}")]  # noqa: S608
+        return [row[0] for row in self.query(f"SELECT event_id FROM {self.table}")]
 
     def rows(self) -> list[tuple[Any, ...]]:
         return self.query(
             "SELECT event_id, event_type, event_date_time, environment, event_context, "
-            f"metadata_version FROM {self.table} ORDER BY event_date_time, event_id"  # noqa: S608
+            f"metadata_version FROM {self.table} ORDER BY event_date_time, event_id"
         )
 
     def truncate(self) -> None:

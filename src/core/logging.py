@@ -58,9 +58,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
                     "foreign_pre_chain": shared,
                 }
             },
-            "handlers": {
-                "default": {"class": "logging.StreamHandler", "formatter": "structured"}
-            },
+            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structured"}},
             "root": {"handlers": ["default"], "level": log_level},
             "loggers": {
                 "django.db.backends": {"level": "WARNING"},

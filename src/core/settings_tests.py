@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1]
 
 
 def _check(env_overrides: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     env["ENV_FILE"] = "/nonexistent"
     base = {
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
@@ -39,7 +39,9 @@ def test_complete_environment_starts():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("name", ["DATABASE_URL", "CLICKHOUSE_URL", "CELERY_BROKER_URL", "SECRET_KEY"])
+@pytest.mark.parametrize(
+    "name", ["DATABASE_URL", "CLICKHOUSE_URL", "CELERY_BROKER_URL", "SECRET_KEY"]
+)
 def test_missing_required_variable_stops_start_up_with_one_line_naming_it(name):
     result = _check({name: None})
 
@@ -72,11 +74,26 @@ def test_malformed_variable_stops_start_up_with_one_line_naming_it(name, value):
 
 def test_debug_is_off_unless_set():
     result = subprocess.run(
-        [sys.executable, str(SRC / "manage.py"), "shell", "-c", "from django.conf import settings; print(settings.DEBUG)"],
-        env={**os.environ, "ENV_FILE": "/nonexistent", "DEBUG": "", "SECRET_KEY": "y" * 50,
-             "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-             "CLICKHOUSE_URL": "chdb:///tmp/unused", "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1"},
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            str(SRC / "manage.py"),
+            "shell",
+            "-c",
+            "from django.conf import settings; print(settings.DEBUG)",
+        ],
+        env={
+            **os.environ,
+            "ENV_FILE": "/nonexistent",
+            "DEBUG": "",
+            "SECRET_KEY": "y" * 50,
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+            "CLICKHOUSE_URL": "chdb:///tmp/unused",
+            "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
 

@@ -54,7 +54,9 @@ class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Replay selected dead letters", permissions=["change"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         count = dead_letters_replay(ids=list(queryset.values_list("id", flat=True)))
-        self.message_user(request, f"{count} dead letters sent back to the outbox", messages.SUCCESS)
+        self.message_user(
+            request, f"{count} dead letters sent back to the outbox", messages.SUCCESS
+        )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

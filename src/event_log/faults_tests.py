@@ -89,7 +89,11 @@ def test_relays_killed_at_random_moments_again_and_again_lose_and_duplicate_noth
     ch, process_env
 ):
     published = publish_pings(50_000)
-    env = {"EVENT_LOG_BATCH_SIZE": "500", "EVENT_LOG_LEASE_SECONDS": "1", "EVENT_LOG_RELAY_INTERVAL": "0.2"}
+    env = {
+        "EVENT_LOG_BATCH_SIZE": "500",
+        "EVENT_LOG_LEASE_SECONDS": "1",
+        "EVENT_LOG_RELAY_INTERVAL": "0.2",
+    }
     rng = random.Random(20261126)
     kills_mid_drain = 0
     for _ in range(40):
@@ -186,7 +190,7 @@ def test_clickhouse_unreachable_keeps_the_batch_sealed_and_backs_off(ch):
 def test_api_keeps_answering_201_while_clickhouse_is_down_and_nothing_is_lost(
     ch, process_env, live_server, monkeypatch, tmp_path
 ):
-    import users.use_cases.create_user as create_user
+    from users.use_cases import create_user
 
     published: list[uuid.UUID] = []
     real_publish = create_user.publish
@@ -203,13 +207,19 @@ def test_api_keeps_answering_201_while_clickhouse_is_down_and_nothing_is_lost(
         for i in range(count):
             body = json.dumps({"email": f"{prefix}{i}@example.com"}).encode()
             request = urllib.request.Request(
-                f"{live_server.url}/api/users", data=body, headers={"Content-Type": "application/json"}
+                f"{live_server.url}/api/users",
+                data=body,
+                headers={"Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (local)
+            with urllib.request.urlopen(request, timeout=10) as response:
                 statuses.append(response.status)
             time.sleep(0.005)
 
-    env = {"EVENT_LOG_RELAY_INTERVAL": "0.1", "EVENT_LOG_BACKOFF_MAX": "0.5", "EVENT_LOG_LEASE_SECONDS": "2"}
+    env = {
+        "EVENT_LOG_RELAY_INTERVAL": "0.1",
+        "EVENT_LOG_BACKOFF_MAX": "0.5",
+        "EVENT_LOG_LEASE_SECONDS": "2",
+    }
     # Before: a healthy relay owns the embedded engine.
     with relay_process(process_env, env=env) as healthy:
         post_users(50, "before")
@@ -293,7 +303,9 @@ def test_poison_bisection_after_a_crash_resends_the_same_sub_batches(ch):
             raise Crash
 
     with pytest.raises(Crash):
-        Relay(config=fast_config(BATCH_SIZE=1_000, LEASE_SECONDS=1), checkpoint=die_after_insert).run()
+        Relay(
+            config=fast_config(BATCH_SIZE=1_000, LEASE_SECONDS=1), checkpoint=die_after_insert
+        ).run()
     assert len(ch.event_ids()) == 600, "the good halves were inserted before the crash"
     time.sleep(1.1)
 
@@ -354,9 +366,9 @@ def test_a_slow_relay_that_outlives_its_lease_causes_no_duplicate(ch):
 
     def slow_relay() -> None:
         try:
-            reports["slow"] = Relay(config=fast_config(BATCH_SIZE=1_000, LEASE_SECONDS=0.5), checkpoint=slow).run(
-                max_batches=1
-            )
+            reports["slow"] = Relay(
+                config=fast_config(BATCH_SIZE=1_000, LEASE_SECONDS=0.5), checkpoint=slow
+            ).run(max_batches=1)
         finally:
             connection.close()
 

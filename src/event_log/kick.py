@@ -46,9 +46,14 @@ def kick_started() -> None:
 
 
 def relay_run_on_commit(using: str) -> None:
-    """Register :func:`request_relay_run` once per transaction (savepoints included)."""
+    """Register :func:`kick_on_commit` once per transaction (savepoints included)."""
     # Django keeps pending callbacks as (savepoint ids, callable, robust) tuples;
     # a rolled-back savepoint removes its own, so this check stays accurate.
-    if any(func is request_relay_run for _, func, _ in connections[using].run_on_commit):
+    if any(func is kick_on_commit for _, func, *_ in connections[using].run_on_commit):
         return
-    transaction.on_commit(request_relay_run, using=using, robust=True)
+    transaction.on_commit(kick_on_commit, using=using, robust=True)
+
+
+def kick_on_commit() -> None:
+    """The callback registered with ``transaction.on_commit``."""
+    request_relay_run()

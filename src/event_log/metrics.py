@@ -56,7 +56,10 @@ class OutboxCollector(Collector):
                 "Sealed batches not yet delivered.",
                 status.batches_in_flight,
             ),
-            "event_log_dead_letters": ("Events waiting in the dead-letter table.", status.dead_letters),
+            "event_log_dead_letters": (
+                "Events waiting in the dead-letter table.",
+                status.dead_letters,
+            ),
             "event_log_last_delivery_timestamp_seconds": (
                 "Unix time of the last delivered batch (0 if none).",
                 status.last_delivered_at.timestamp() if status.last_delivered_at else 0.0,
@@ -80,7 +83,7 @@ def render_metrics() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = _with_default(registry)
     registry.register(OutboxCollector())

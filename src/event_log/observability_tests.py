@@ -61,8 +61,13 @@ def wait_until(predicate, *, timeout: float) -> None:
 def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its_event(
     ch, process_env, tmp_path
 ):
-    env = {**process_env, "LOG_FORMAT": "json", "EVENT_LOG_KICK": "true", "DEBUG": "false",
-           "EVENT_LOG_RELAY_INTERVAL": "600"}
+    env = {
+        **process_env,
+        "LOG_FORMAT": "json",
+        "EVENT_LOG_KICK": "true",
+        "DEBUG": "false",
+        "EVENT_LOG_RELAY_INTERVAL": "600",
+    }
     broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
     broker.delete("celery")
     from django.core.cache import cache
@@ -72,14 +77,40 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
     with web_log.open("wb") as web_out, worker_log.open("wb") as worker_out:
         web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--chdir", str(SRC),
-             "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-            env=env, stdout=web_out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "core.wsgi:application",
+                "--chdir",
+                str(SRC),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=web_out,
+            stderr=subprocess.STDOUT,
         )
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", "worker",
-             "--pool=solo", "--without-mingle", "--without-gossip", "--loglevel=INFO"],
-            env=env, stdout=worker_out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--workdir",
+                str(SRC),
+                "-A",
+                "core",
+                "worker",
+                "--pool=solo",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel=INFO",
+            ],
+            env=env,
+            stdout=worker_out,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_until(lambda: b"ready" in worker_log.read_bytes(), timeout=60)
@@ -89,7 +120,7 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
                 data=json.dumps({"email": "ada@example.com"}).encode(),
                 headers={"Content-Type": "application/json", "X-Request-ID": "req-7f3a9c"},
             )
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=30) as response:
                 assert response.status == 201
                 assert response.headers["X-Request-ID"] == "req-7f3a9c"
             wait_until(lambda: not OutboxEvent.objects.exists(), timeout=60)
@@ -163,7 +194,9 @@ def test_sentry_gets_the_failing_batch_with_its_id_rows_and_clickhouse_error(ch,
     batch = error["contexts"]["event_log_batch"]
     assert batch["rows"] == 7
     assert batch["batch_id"] == error["tags"]["event_log.batch_id"]
-    assert "127.0.0.1" in batch["clickhouse_error"] or "refused" in batch["clickhouse_error"].lower()
+    assert (
+        "127.0.0.1" in batch["clickhouse_error"] or "refused" in batch["clickhouse_error"].lower()
+    )
     assert batch["transient"] is True
 
 
@@ -202,7 +235,9 @@ def test_health_answers_503_when_postgresql_does_not(manage):
         "print(r.status_code, r.content.decode())"
     )
     result = manage(
-        "shell", "-c", code,
+        "shell",
+        "-c",
+        code,
         env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/nowhere"},
     )
 
@@ -230,14 +265,23 @@ def test_metrics_move_when_events_are_published_and_delivered(client, ch):
     published = _metrics(client)
     assert published["event_log_outbox_depth"] == 5
     assert published["event_log_lag_seconds"] >= 0
-    assert published["event_log_events_published_total"] == before["event_log_events_published_total"] + 5
+    assert (
+        published["event_log_events_published_total"]
+        == before["event_log_events_published_total"] + 5
+    )
 
     run_relay()
 
     delivered = _metrics(client)
     assert delivered["event_log_outbox_depth"] == 0
-    assert delivered["event_log_events_delivered_total"] == before.get("event_log_events_delivered_total", 0) + 5
-    assert delivered["event_log_batch_duration_seconds_count"] == before["event_log_batch_duration_seconds_count"] + 1
+    assert (
+        delivered["event_log_events_delivered_total"]
+        == before.get("event_log_events_delivered_total", 0) + 5
+    )
+    assert (
+        delivered["event_log_batch_duration_seconds_count"]
+        == before["event_log_batch_duration_seconds_count"] + 1
+    )
     assert delivered["event_log_dead_letters"] == 0
     assert delivered["event_log_last_delivery_timestamp_seconds"] > time.time() - 60
 
@@ -277,7 +321,9 @@ def test_stdlib_and_structlog_records_share_one_json_renderer(manage):
     result = manage("shell", "-c", code, env={"LOG_FORMAT": "json"})
 
     lines = [json.loads(line) for line in result.stderr.strip().splitlines()]
-    assert {"event": "plain stdlib", "level": "warning", "logger": "django"}.items() <= lines[0].items()
+    assert {"event": "plain stdlib", "level": "warning", "logger": "django"}.items() <= lines[
+        0
+    ].items()
     assert lines[1]["event"] == "thing_happened"
     assert lines[1]["email"] == "[redacted]"
     assert "ada@example.com" not in result.stderr

@@ -57,7 +57,8 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     conn = connections[using]
     if not conn.in_atomic_block:
         raise NoTransactionError(
-            "publish() must run inside transaction.atomic() so events commit with the business write"
+            "publish() must run inside transaction.atomic() so events commit with the "
+            "business write"
         )
     contexts = []
     for event in events:

@@ -6,9 +6,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from event_log import Event, publish
-from event_log.kick import request_relay_run
+from event_log.kick import kick_on_commit
 from event_log.models import OutboxEvent
-from event_log.publisher import EventSerializationError, NoTransactionError, NotAnEventError
+from event_log.publisher import EventSerializationError, NotAnEventError, NoTransactionError
 
 
 class ThingHappened(Event):
@@ -68,7 +68,7 @@ def test_rolled_back_transaction_publishes_nothing():
 
 @pytest.mark.django_db(transaction=True)
 def test_publish_outside_a_transaction_is_refused_and_writes_nothing():
-    with pytest.raises(NoTransactionError, match="transaction.atomic"):
+    with pytest.raises(NoTransactionError, match=r"transaction\.atomic"):
         publish(ThingHappened(thing_id=1))
 
     assert OutboxEvent.objects.count() == 0
@@ -101,7 +101,7 @@ def test_a_serialization_error_rolls_back_the_business_transaction():
 
 
 def _pending_kicks() -> int:
-    return sum(1 for _, func, _ in connection.run_on_commit if func is request_relay_run)
+    return sum(1 for _, func, _ in connection.run_on_commit if func is kick_on_commit)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -122,7 +122,9 @@ class Relay:
             return []
         ch = self.connect_clickhouse()
         try:
-            clickhouse.insert_tsv(ch, table=self.config.CLICKHOUSE_TABLE, block=batch.block, token=str(batch.id))
+            clickhouse.insert_tsv(
+                ch, table=self.config.CLICKHOUSE_TABLE, block=batch.block, token=str(batch.id)
+            )
         except ClickHouseError as error:
             if error.transient:
                 raise
@@ -156,7 +158,9 @@ class Relay:
 
     # -- the loop --------------------------------------------------------------
 
-    def run(self, *, time_budget: float | None = None, max_batches: int | None = None) -> RelayReport:
+    def run(
+        self, *, time_budget: float | None = None, max_batches: int | None = None
+    ) -> RelayReport:
         """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
         with _trace("event_log.relay", "relay run") as span:
             report = self._run(time_budget=time_budget, max_batches=max_batches)
@@ -183,7 +187,9 @@ class Relay:
             if batch is None:
                 report.drained = True
                 break
-            with sentry_sdk.start_span(op="event_log.batch", name="event_log deliver batch") as span:
+            with sentry_sdk.start_span(
+                op="event_log.batch", name="event_log deliver batch"
+            ) as span:
                 span.set_data("batch_id", str(batch.id))
                 span.set_data("rows", batch.rows)
                 span.set_data("attempt", batch.attempts)
@@ -220,14 +226,14 @@ class Relay:
         report.delivered += batch.rows - len(rejected)
         report.dead_lettered += len(rejected)
         if rejected:
-            error = rejected[0][1]
+            first_error = rejected[0][1]
             log.error(
                 "outbox_events_dead_lettered",
                 dead_lettered=len(rejected),
-                error=str(error),
-                error_code=error.code,
+                error=str(first_error),
+                error_code=first_error.code,
             )
-            _capture(error, batch, dead_lettered=len(rejected))
+            _capture(first_error, batch, dead_lettered=len(rejected))
         log.info(
             "outbox_batch_delivered",
             delivered=batch.rows - len(rejected),
@@ -267,7 +273,9 @@ class Relay:
         self, exc: Exception, failures: int, deadline: float, report: RelayReport
     ) -> bool:
         connection.close()
-        delay = backoff_delay(failures, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX)
+        delay = backoff_delay(
+            failures, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX
+        )
         report.failures += 1
         report.errors.append(str(exc))
         logger.warning("outbox_database_failed", error=str(exc), retry_in_s=round(delay, 3))
@@ -283,7 +291,8 @@ class Relay:
         try:
             with connection.cursor() as cur:
                 cur.execute(
-                    sql.POSTPONE_BATCH, {"batch_id": batch.id, "delay": delay, "error": error[:2000]}
+                    sql.POSTPONE_BATCH,
+                    {"batch_id": batch.id, "delay": delay, "error": error[:2000]},
                 )
         except (DatabaseError, InterfaceError):
             connection.close()  # the lease then expires by itself; nothing is lost

@@ -1,5 +1,4 @@
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -7,6 +6,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
@@ -124,7 +124,10 @@ def test_relay_module_imports_nothing_from_celery():
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert result.stdout.strip() == "[]", result.stdout
 
@@ -149,7 +152,10 @@ def _kill_relay_at(step: str, process_env: dict[str, str]) -> str:
     env = {**process_env, "EVENT_LOG_LEASE_SECONDS": "1", "EVENT_LOG_BATCH_SIZE": "1000"}
     with subprocess.Popen(
         [sys.executable, "-c", CRASHING_RELAY, step],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     ) as proc:
         try:
             line = proc.stdout.readline()
@@ -193,7 +199,8 @@ def test_a_live_lease_is_not_taken_over(ch, settings):
 
 def _parts(ch) -> int:
     return ch.query(
-        "SELECT count() FROM system.parts WHERE table = %(t)s AND active AND database = currentDatabase()",
+        "SELECT count() FROM system.parts"
+        " WHERE table = %(t)s AND active AND database = currentDatabase()",
         t=event_log_settings().CLICKHOUSE_TABLE,
     )[0][0]
 

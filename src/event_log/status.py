@@ -61,7 +61,8 @@ def clickhouse_status(url: str | None = None) -> dict[str, Any]:
     table = event_log_settings().CLICKHOUSE_TABLE
     try:
         with clickhouse.client(url) as ch:
-            rows = ch.command(f"SELECT count() FROM `{table}`")  # noqa: S608 (validated identifier)
+            result = ch.query(f"SELECT count() FROM `{table}`")  # noqa: S608 (validated identifier)
+            rows = result.result_rows[0][0]
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
         return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}

@@ -50,10 +50,15 @@ def kicks_on(settings):
 
 @contextmanager
 def celery(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out, subprocess.Popen(
-        [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args],
-        env=env, stdout=out, stderr=subprocess.STDOUT,
-    ) as proc:
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        ) as proc,
+    ):
         try:
             yield proc
         finally:
@@ -128,8 +133,16 @@ def test_on_commit_kick_delivers_well_before_the_next_beat_tick(
 def test_worker_and_beat_deliver_with_nobody_calling_the_relay(broker, ch, process_env, tmp_path):
     env = {**process_env, "EVENT_LOG_KICK": "false", "EVENT_LOG_RELAY_INTERVAL": "0.5"}
     schedule = tmp_path / "beat-schedule"
-    with celery(*WORKER, env=env, log=tmp_path / "worker.log"), celery(
-        "beat", "--schedule", str(schedule), "--loglevel=INFO", env=env, log=tmp_path / "beat.log"
+    with (
+        celery(*WORKER, env=env, log=tmp_path / "worker.log"),
+        celery(
+            "beat",
+            "--schedule",
+            str(schedule),
+            "--loglevel=INFO",
+            env=env,
+            log=tmp_path / "beat.log",
+        ),
     ):
         with transaction.atomic():
             published = publish(*(Ping(n=i) for i in range(100)))

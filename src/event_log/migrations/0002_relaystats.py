@@ -4,24 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('event_log', '0001_initial'),
+        ("event_log", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RelayStats',
+            name="RelayStats",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
-                ('batches_delivered', models.PositiveBigIntegerField(default=0)),
-                ('events_delivered', models.PositiveBigIntegerField(default=0)),
-                ('events_dead_lettered', models.PositiveBigIntegerField(default=0)),
-                ('last_delivered_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False),
+                ),
+                ("batches_delivered", models.PositiveBigIntegerField(default=0)),
+                ("events_delivered", models.PositiveBigIntegerField(default=0)),
+                ("events_dead_lettered", models.PositiveBigIntegerField(default=0)),
+                ("last_delivered_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name_plural': 'relay stats',
-                'db_table': 'event_log_relay_stats',
+                "verbose_name_plural": "relay stats",
+                "db_table": "event_log_relay_stats",
             },
         ),
     ]

@@ -4,6 +4,7 @@ import psycopg
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 
 class Command(BaseCommand):
@@ -12,14 +13,15 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         db = settings.DATABASES["default"]
         params = {
-            "host": db.get("HOST") or None,
-            "port": db.get("PORT") or None,
-            "user": db.get("USER") or None,
-            "password": db.get("PASSWORD") or None,
+            "host": db.get("HOST"),
+            "port": db.get("PORT"),
+            "user": db.get("USER"),
+            "password": db.get("PASSWORD"),
             "dbname": "postgres",
         }
+        conninfo = make_conninfo(**{key: str(value) for key, value in params.items() if value})
         try:
-            with psycopg.connect(**params, autocommit=True) as conn:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
                 ).fetchone()

@@ -18,7 +18,9 @@ class Command(BaseCommand):
             raise CommandError(f"ClickHouse at {clickhouse.mask_url(url)} failed: {exc}") from None
         except Exception as exc:  # clickhouse-connect raises its own types for DDL errors
             error = ClickHouseError.from_exception(exc)
-            raise CommandError(f"ClickHouse at {clickhouse.mask_url(url)} failed: {error}") from None
+            raise CommandError(
+                f"ClickHouse at {clickhouse.mask_url(url)} failed: {error}"
+            ) from None
         if applied:
             self.stdout.write(f"applied: {', '.join(applied)}")
         else:

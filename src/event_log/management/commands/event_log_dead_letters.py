@@ -47,7 +47,7 @@ class Command(BaseCommand):
 
     def _list(self, *, as_json: bool, limit: int | None) -> None:
         for letter in dead_letters_list(limit=limit):
-            row = {
+            row: dict[str, Any] = {
                 "id": letter.id,
                 "event_id": str(letter.event_id),
                 "event_type": letter.event_type,

@@ -71,7 +71,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         idle = relay.config.RELAY_INTERVAL if idle_sleep is None else idle_sleep
-        logger.info("relay_started", clickhouse_url=clickhouse.mask_url(clickhouse.clickhouse_url()))
+        logger.info(
+            "relay_started", clickhouse_url=clickhouse.mask_url(clickhouse.clickhouse_url())
+        )
         # The loop checks the flag between batches: a signal lets the batch in hand finish.
         relay.sleep = lambda seconds: _sleep_unless(lambda: stopping, seconds)
         while not stopping:
