@@ -132,3 +132,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     suffix = hashlib.sha1(str(SRC).encode(), usedforsecurity=False).hexdigest()[:8]
     test = settings.DATABASES["default"].setdefault("TEST", {})
     test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{suffix}"
+
+
+@pytest.fixture(autouse=True)
+def _generous_rate_limit(settings: Any) -> None:
+    """Tests post many users from one address; the rate-limit test sets its own."""
+    settings.API_USERS_CREATE_RATE = "100000/s"

@@ -7,6 +7,7 @@ names the variable, so start-up fails with a message an operator can act on.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -110,6 +111,18 @@ def clickhouse_url(name: str) -> str:
         if not path or path.startswith("memory"):
             return value
         value = f"chdb://{(REPO_ROOT / path).resolve()}" + (f"?{query}" if query else "")
+    return value
+
+
+_RATE = re.compile(r"^\d+/(s|sec|m|min|h|hour|d|day)$")
+
+
+def rate(name: str, *, default: str) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: {value!r} is not a rate like 60/min or 5/s"
+        )
     return value
 
 

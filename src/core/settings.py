@@ -103,8 +103,15 @@ STORAGES = {
 # Request bodies: the API takes small JSON documents only.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024)
 
+# Abuse: POST /api/users is limited per client address ("<n>/<s|min|h|d>").
+API_USERS_CREATE_RATE = env.rate("API_USERS_CREATE_RATE", default="60/min")
+# How many proxies in front of the app append to X-Forwarded-For (0: use the peer address).
+NINJA_NUM_PROXIES = env.integer("NUM_PROXIES", default=0)
+
 # Security: production-safe unless DEBUG is on.
-SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", default=False)
+SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Probes and scrapers talk plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env.boolean("SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_HSTS_SECONDS = env.integer("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)

@@ -67,6 +67,7 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
         "EVENT_LOG_KICK": "true",
         "DEBUG": "false",
         "EVENT_LOG_RELAY_INTERVAL": "600",
+        "SECURE_SSL_REDIRECT": "false",
     }
     broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
     broker.delete("celery")

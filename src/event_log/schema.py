@@ -8,16 +8,39 @@ file is replaced by the configured event table.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from clickhouse_connect.driver.client import Client
 
+from event_log import clickhouse
 from event_log.conf import event_log_settings
 
 logger = structlog.get_logger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "clickhouse_migrations"
 LEDGER = "schema_migrations"
+
+
+UNKNOWN_DATABASE = 81
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending DDL to the ClickHouse at ``url``, creating its database first if needed."""
+    try:
+        ch = clickhouse.connect(url)
+    except clickhouse.ClickHouseError as exc:
+        database = urlsplit(url).path.strip("/")
+        if exc.code != UNKNOWN_DATABASE or not database:
+            raise
+        # A server refuses a session in a database that does not exist yet.
+        with clickhouse.client(urlunsplit(urlsplit(url)._replace(path="/"))) as admin:
+            admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        ch = clickhouse.connect(url)
+    try:
+        return apply_migrations(ch)
+    finally:
+        ch.close()
 
 
 def migration_files() -> list[Path]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Status
+from ninja.throttling import AnonRateThrottle
 from pydantic import BaseModel
 
 from users.use_cases import CreateUser, CreateUserRequest
@@ -12,11 +14,30 @@ from users.use_cases.create_user import CreatedUser
 router = Router(tags=["users"])
 
 
+class CreateUserThrottle(AnonRateThrottle):
+    """Per client address; the rate is read from settings at each request."""
+
+    scope = "users_create"
+
+    def __init__(self) -> None:
+        super().__init__(rate=settings.API_USERS_CREATE_RATE)
+
+    def allow_request(self, request: HttpRequest) -> bool:
+        self.rate = settings.API_USERS_CREATE_RATE
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request)
+
+
 class ErrorOut(BaseModel):
     detail: str
 
 
-@router.post("", response={201: CreatedUser, 409: ErrorOut}, url_name="users-create")
+@router.post(
+    "",
+    response={201: CreatedUser, 409: ErrorOut},
+    url_name="users-create",
+    throttle=[CreateUserThrottle()],
+)
 def create_user(request: HttpRequest, payload: CreateUserRequest) -> Status[object]:
     response = CreateUser().execute(payload)
     if response.error:

@@ -21,6 +21,15 @@ class Command(BaseCommand):
         }
         conninfo = make_conninfo(**{key: str(value) for key, value in params.items() if value})
         try:
+            # An application role may own its database and nothing else: try that first.
+            psycopg.connect(conninfo, dbname=db["NAME"]).close()
+        except psycopg.OperationalError as exc:
+            if "does not exist" not in str(exc):
+                raise CommandError(f"cannot connect to database {db['NAME']}: {exc}") from None
+        else:
+            self.stdout.write(f"database {db['NAME']} exists")
+            return
+        try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]

@@ -12,8 +12,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         url = clickhouse.clickhouse_url()
         try:
-            with clickhouse.client(url) as ch:
-                applied = schema.apply_migrations(ch)
+            applied = schema.migrate(url)
         except ClickHouseError as exc:
             raise CommandError(f"ClickHouse at {clickhouse.mask_url(url)} failed: {exc}") from None
         except Exception as exc:  # clickhouse-connect raises its own types for DDL errors
