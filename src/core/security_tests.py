@@ -234,3 +234,25 @@ def test_fuzzed_event_contexts_are_published_whole_or_refused_whole(value):
         rows = OutboxEvent.objects.order_by("-id")[:1]
         json.loads(rows[0].event_context)  # valid JSON, as ClickHouse's CHECK requires
         assert OutboxEvent.objects.count() == before + 2
+
+
+def test_an_https_clickhouse_url_makes_the_client_speak_tls():
+    """Pointed at a plain-HTTP listener, an https:// client fails in the TLS handshake."""
+    import http.server
+    import threading
+
+    from event_log.clickhouse import ClickHouseError, connect
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ClickHouseError) as failure:
+            connect(f"https://relay:s3cret@127.0.0.1:{server.server_port}/default")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    message = str(failure.value).lower()
+    assert "ssl" in message or "tls" in message or "wrong version" in message, message
+    assert failure.value.transient

@@ -91,6 +91,10 @@ def connect(url: str | None = None, **kwargs: Any) -> Client:
     path = embedded_path(url)
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
+    if urlsplit(url).scheme == "https":
+        # clickhouse-connect infers TLS from the port, not from the DSN's scheme:
+        # without this, https://host:9000 would be spoken to in plain HTTP.
+        kwargs.setdefault("secure", True)
     try:
         return clickhouse_connect.get_client(dsn=url, **kwargs)
     except Exception as exc:
