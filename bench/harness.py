@@ -96,8 +96,9 @@ def prepare_environment(*, database: str, clickhouse_dir: Path) -> BenchEnv:
         # Production-like: DEBUG off (Django would otherwise keep every query it ran).
         DEBUG="false",
         EVENT_LOG_KICK="false",
+        # As deployed: JSON lines at INFO (the bench process writes them to a file).
         LOG_FORMAT="json",
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL="INFO",
         SENTRY_DSN="",
         SENTRY_TRACES_SAMPLE_RATE="0",
         PYTHONPATH=str(SRC),
@@ -149,6 +150,16 @@ def setup_django(bench: BenchEnv, *, fresh: bool = True) -> None:
             ch.command(f"DROP DATABASE IF EXISTS `{BENCH_CLICKHOUSE_DATABASE}`")
     with clickhouse.client(bench.clickhouse_url) as ch:
         schema.apply_migrations(ch)
+
+
+def redirect_logs(path: Path) -> None:
+    """Send this process's log lines to ``path`` (the console stays for the results)."""
+    import logging  # noqa: PLC0415
+
+    stream = path.open("a", encoding="utf-8")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
 
 
 # -- ClickHouse ------------------------------------------------------------------

@@ -29,6 +29,7 @@ CHILD = Path(__file__).resolve().parent / "relay_memory.py"
 def run(
     bench: BenchEnv,
     probe: ClickHouseProbe,
+    workdir: Path,
     *,
     events: int,
     sample_every: int,
@@ -38,18 +39,20 @@ def run(
     published = publish_backlog(events, chunk=5_000)
     settle_postgres()
     progress(f"  published {len(published):,} events; relay process draining them")
-    completed = subprocess.run(
-        [sys.executable, str(CHILD), "--sample-every", str(sample_every)],
-        env=bench.child_env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"relay process failed ({completed.returncode}):\n{completed.stderr[-4000:]}"
+    log = workdir / "memory-relay.log"
+    with log.open("wb") as stderr:
+        completed = subprocess.run(
+            [sys.executable, str(CHILD), "--sample-every", str(sample_every)],
+            env=bench.child_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=1800,
+            check=False,
         )
+    if completed.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"relay process failed ({completed.returncode}):\n{tail}")
     child = json.loads(completed.stdout.strip().splitlines()[-1])
     count, unique = probe.count_and_unique()
     left = outbox_depth()

@@ -13,7 +13,11 @@ until after it commits:
   savepoint and ``publish()``), for reference;
 - ``outbox_kick``: ``outbox`` with the on-commit kick on, as in production: a
   Redis round trip after each commit (no worker consumes the queued run here,
-  so the debounce flag stays set and the commit pays one ``SET NX``).
+  so the debounce flag stays set and the commit pays one ``SET NX``);
+- ``outbox_quiet``: ``outbox`` with the ``event_log.publisher`` logger raised
+  to WARNING, to show what ``publish()``'s INFO log line costs.
+
+Logging is as deployed (JSON lines at INFO, written to a file).
 
 The variants are interleaved in a shuffled order in every round, so drift in the
 machine (autovacuum, checkpoints, caches) falls on all of them alike.
@@ -21,6 +25,7 @@ machine (autovacuum, checkpoints, caches) falls on all of them alike.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -29,7 +34,7 @@ from typing import Any
 
 from harness import BenchEnv, ClickHouseProbe, clear_redis, percentile
 
-VARIANTS = ("none", "outbox", "direct", "use_case", "outbox_kick")
+VARIANTS = ("none", "outbox", "direct", "use_case", "outbox_kick", "outbox_quiet")
 
 
 def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) -> dict[str, Any]:
@@ -97,12 +102,23 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
         finally:
             set_kick(False)
 
+    publisher_log = logging.getLogger("event_log.publisher")
+
+    def outbox_quiet() -> None:
+        level = publisher_log.level
+        publisher_log.setLevel(logging.WARNING)
+        try:
+            outbox()
+        finally:
+            publisher_log.setLevel(level)
+
     actions = {
         "none": none,
         "outbox": outbox,
         "direct": direct,
         "use_case": use_case,
         "outbox_kick": outbox_kick,
+        "outbox_quiet": outbox_quiet,
     }
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     order = list(VARIANTS)
@@ -142,6 +158,7 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
         "outbox_added_median_ms": outbox_added,
         "direct_added_median_ms": direct_added,
         "kick_added_median_ms": stats["outbox_kick"]["median_ms"] - base,
+        "quiet_added_median_ms": stats["outbox_quiet"]["median_ms"] - base,
         "outbox_over_none": stats["outbox"]["median_ms"] / base,
         "direct_over_outbox": stats["direct"]["median_ms"] / stats["outbox"]["median_ms"],
         "direct_added_over_outbox_added": (

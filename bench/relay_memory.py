@@ -40,7 +40,8 @@ def main() -> None:
     started = time.perf_counter()
     try:
         while True:
-            report = relay.run(time_budget=3600, max_batches=args.sample_every)
+            # A budget, so that a relay stuck on a failing batch returns and is reported.
+            report = relay.run(time_budget=120, max_batches=args.sample_every)
             if report.failures:
                 raise SystemExit(f"relay failed: {report.errors[-1]}")
             batches += report.batches

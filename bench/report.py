@@ -20,6 +20,7 @@ VARIANT_LABELS = {
     "direct": "old way: + direct ClickHouse INSERT",
     "use_case": "CreateUser use case (outbox)",
     "outbox_kick": "outbox + on-commit kick (Redis)",
+    "outbox_quiet": "outbox, publish() log line off",
 }
 
 

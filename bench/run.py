@@ -117,6 +117,7 @@ def main() -> int:
     bench = harness.prepare_environment(database=args.database, clickhouse_dir=clickhouse_dir)
     say(f"preparing PostgreSQL database {args.database!r} and a fresh ClickHouse")
     harness.setup_django(bench)
+    harness.redirect_logs(workdir / "bench.log")
     from django.conf import settings  # noqa: PLC0415
 
     table = settings.EVENT_LOG["CLICKHOUSE_TABLE"]
@@ -133,7 +134,7 @@ def main() -> int:
             "default_batch_size": settings.EVENT_LOG["BATCH_SIZE"],
             "clickhouse": "embedded (chdb)" if bench.clickhouse_dir else "server",
             "debug": settings.DEBUG,
-            "log_level": "WARNING (worker: INFO)",
+            "log_level": "INFO, JSON lines to files",
         },
     }
     clock = time.perf_counter()
@@ -177,6 +178,7 @@ def main() -> int:
                 lambda: memory.run(
                     bench,
                     probe,
+                    workdir,
                     events=sizes.memory_events,
                     sample_every=sizes.sample_every,
                     progress=say,

@@ -96,7 +96,7 @@ class RealRelay:
         from event_log.conf import event_log_settings  # noqa: PLC0415
         from event_log.relay import Relay  # noqa: PLC0415
 
-        self.relay = Relay(config=event_log_settings(BATCH_SIZE=batch_size, TIME_BUDGET=3600))
+        self.relay = Relay(config=event_log_settings(BATCH_SIZE=batch_size, TIME_BUDGET=300))
 
     def prepare(self) -> None:
         from django.db import connection  # noqa: PLC0415

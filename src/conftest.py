@@ -19,6 +19,26 @@ from django.conf import settings
 from event_log import clickhouse, schema
 
 SRC = Path(__file__).resolve().parent
+# Names of this test run's own Redis keys and Celery queue, so that a worker or a
+# suite running elsewhere on the machine neither takes nor adds work here.
+RUN_ID = f"test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_celery_queue() -> Iterator[None]:
+    from core.celery import app
+
+    previous = app.conf.task_default_queue
+    app.conf.task_default_queue = RUN_ID
+    yield
+    app.conf.task_default_queue = previous
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_keys(settings: Any) -> None:
+    settings.CACHES = {
+        alias: {**config, "KEY_PREFIX": RUN_ID} for alias, config in settings.CACHES.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +119,8 @@ def process_env(clickhouse_url: str) -> dict[str, str]:
         PYTHONPATH=str(SRC),
         DJANGO_SETTINGS_MODULE="core.settings",
         LOG_FORMAT="json",
+        CACHE_KEY_PREFIX=RUN_ID,
+        CELERY_QUEUE=RUN_ID,
     )
     if db.get("PASSWORD"):
         env["DATABASE_URL"] = (

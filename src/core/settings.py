@@ -137,6 +137,7 @@ CELERY_BROKER_URL = env.url(
     "CELERY_BROKER_URL", schemes=("redis", "rediss", "amqp", "amqps", "memory")
 )
 CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_DEFAULT_QUEUE = env.optional("CELERY_QUEUE", default="celery")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -18,6 +18,7 @@ from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
 from sentry_sdk.transport import Transport
 
+from conftest import RUN_ID
 from event_log import Event, publish
 from event_log.kick import KICK_PENDING_KEY
 from event_log.models import OutboxEvent
@@ -70,7 +71,7 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
         "SECURE_SSL_REDIRECT": "false",
     }
     broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
-    broker.delete("celery")
+    broker.delete(RUN_ID)
     from django.core.cache import cache
 
     cache.delete(KICK_PENDING_KEY)
@@ -130,7 +131,7 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
                 proc.send_signal(signal.SIGTERM)
             for proc in (web, worker):
                 proc.wait(30)
-    broker.delete("celery")
+    broker.delete(RUN_ID)
     broker.close()
 
     published = [

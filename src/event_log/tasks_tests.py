@@ -13,6 +13,7 @@ import redis
 from django.conf import settings as django_settings
 from django.db import transaction
 
+from conftest import RUN_ID
 from event_log import Event, publish
 from event_log.kick import KICK_PENDING_KEY, request_relay_run
 from event_log.models import OutboxEvent
@@ -21,7 +22,7 @@ from users.use_cases import CreateUser, CreateUserRequest
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SRC = Path(__file__).resolve().parents[1]
-QUEUE = "celery"
+QUEUE = RUN_ID
 
 
 class Ping(Event):
