@@ -32,7 +32,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from harness import BenchEnv, ClickHouseProbe, clear_redis, percentile
+from harness import BenchEnv, ClickHouseProbe, clear_redis, empty_outbox, percentile
 
 VARIANTS = ("none", "outbox", "direct", "use_case", "outbox_kick", "outbox_quiet")
 
@@ -138,6 +138,7 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
     finally:
         ch.close()
         clear_redis(bench)
+        empty_outbox()
 
     stats = {
         name: {

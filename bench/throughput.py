@@ -165,6 +165,8 @@ def run(
         for workers in worker_counts:
             for kind in ("baseline", "relay"):
                 probe.truncate()
+                if outbox_depth():
+                    raise RuntimeError("the outbox is not empty before a throughput run")
                 published = publish_backlog(backlog)
                 settle_postgres()
                 make: Callable[[], Drainer] = (
