@@ -256,3 +256,16 @@ def test_an_https_clickhouse_url_makes_the_client_speak_tls():
     message = str(failure.value).lower()
     assert "ssl" in message or "tls" in message or "wrong version" in message, message
     assert failure.value.transient
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("incoming", "kept"),
+    [("req-7f3a9c", True), ("a" * 129, False), ("evil\nline", False), ("x y", False)],
+)
+def test_only_a_well_formed_incoming_request_id_is_honoured(client, incoming, kept):
+    response = client.get("/health", HTTP_X_REQUEST_ID=incoming)
+
+    echoed = response["X-Request-ID"]
+    assert (echoed == incoming) is kept
+    assert echoed

@@ -47,6 +47,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.middleware.RequestIdSanitizerMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "core.middleware.RequestIdHeaderMiddleware",
 ]
