@@ -124,6 +124,7 @@ def render(results: dict[str, Any]) -> str:
         f"{m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; Python {m['python']}, "
         f"Django {m['django']}, PostgreSQL {m['postgresql']}, ClickHouse {m['clickhouse']} "
         f"({results['settings']['clickhouse']})",
+        f"load average (1 min) at the start of each section: {_loads(results)}",
     ]
     if "publish" in results:
         p = results["publish"]
@@ -162,6 +163,7 @@ def render(results: dict[str, Any]) -> str:
                 [
                     f"{c['batch_size']:,}",
                     str(c["workers"]),
+                    str(c["rounds"]),
                     f"{c['relay_events_per_s']:,.0f}",
                     f"{c['baseline_events_per_s']:,.0f}",
                     f"{c['ratio']:.0%}",
@@ -172,11 +174,13 @@ def render(results: dict[str, Any]) -> str:
             )
         out += [
             "",
-            f"2. Relay throughput — draining a backlog of {t['backlog']:,} events",
+            f"2. Relay throughput — draining a backlog of {t['backlog']:,} events "
+            "(baseline: hand-written DELETE ... RETURNING + client.insert, no guarantees)",
             table(
                 [
                     "batch",
                     "relays",
+                    "rounds",
                     "relay ev/s",
                     "baseline ev/s",
                     "relay/baseline",
@@ -185,8 +189,9 @@ def render(results: dict[str, Any]) -> str:
                     "exactly once",
                 ],
                 rows,
-                {0, 1, 2, 3, 4, 5, 6},
+                {0, 1, 2, 3, 4, 5, 6, 7},
             ),
+            "ev/s are medians of the rounds; every run's figures are in the JSON",
         ]
     if "latency" in results:
         lat = results["latency"]
@@ -225,7 +230,8 @@ def render(results: dict[str, Any]) -> str:
         out += [
             "",
             f"3. Latency — commit to outbox row gone (= in ClickHouse), "
-            f"{lat['rate']:.0f} events/s for {lat['seconds']:g} s, real Celery worker",
+            f"{lat['rate']:.0f} events/s for {lat['seconds']:g} s from {lat['producers']} threads, "
+            "real Celery worker",
             table(
                 ["mode", "ev/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "events", "exactly once"],
                 rows,
@@ -295,7 +301,7 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
 
     if "throughput" in results:
         for r in results["throughput"]["runs"]:
-            if r["kind"] == "relay" and r["workers"] == 1:
+            if r["kind"] == "relay" and r["workers"] == 1 and r.get("round", 1) == 1:
                 add(f"backlog, batch {r['batch_size']:,}, 1 relay", r["events"], r["inserts"])
     if "latency" in results:
         lat = results["latency"]
@@ -323,3 +329,12 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
             mem["batches"],
         )
     return rows
+
+
+def _loads(results: dict[str, Any]) -> str:
+    parts = []
+    for section in ("publish", "throughput", "latency", "memory"):
+        load = results.get(section, {}).get("loadavg_before")
+        if load:
+            parts.append(f"{section} {load[0]:.2f}")
+    return ", ".join(parts) or "n/a"

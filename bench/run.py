@@ -44,6 +44,7 @@ class Sizes:
     publish_warmup: int
     backlog: int
     batch_sizes: tuple[int, ...]
+    repeats: dict[int, int]
     rate: float
     seconds: float
     beat_interval: float
@@ -58,6 +59,7 @@ FULL = Sizes(
     publish_warmup=100,
     backlog=100_000,
     batch_sizes=(100, 1_000, 10_000),
+    repeats={100: 1, 1_000: 3, 10_000: 3},
     rate=500,
     seconds=10,
     beat_interval=1.0,
@@ -71,6 +73,7 @@ QUICK = Sizes(
     publish_warmup=20,
     backlog=10_000,
     batch_sizes=(100, 1_000, 10_000),
+    repeats={100: 1, 1_000: 1, 10_000: 1},
     rate=500,
     seconds=3,
     beat_interval=1.0,
@@ -146,6 +149,9 @@ def main() -> int:
                     bench, probe, rounds=sizes.publish_rounds, warmup=sizes.publish_warmup
                 )
             )
+        if "throughput" in only or "memory" in only:
+            say(f"   backlog template: {sizes.backlog:,} events published through publish()")
+            harness.make_backlog_template(sizes.backlog)
         if "throughput" in only:
             say(f"2. relay throughput: backlog of {sizes.backlog:,} events per run")
             results["throughput"] = _timed(
@@ -154,6 +160,7 @@ def main() -> int:
                     probe,
                     backlog=sizes.backlog,
                     batch_sizes=sizes.batch_sizes,
+                    repeats=sizes.repeats,
                     progress=say,
                 )
             )
@@ -209,8 +216,11 @@ def main() -> int:
 
 def _timed(action: Any) -> dict[str, Any]:
     started = time.perf_counter()
+    load_before = harness.loadavg()
     result = action()
     result["section_seconds"] = time.perf_counter() - started
+    result["loadavg_before"] = load_before
+    result["loadavg_after"] = harness.loadavg()
     return result
 
 

@@ -1,7 +1,7 @@
 """2. Relay throughput: events/s draining a backlog into ClickHouse.
 
-For each batch size, a backlog of ``UserCreated`` events is published through
-``publish()`` and drained by, in turn:
+For each batch size, a backlog of ``UserCreated`` events (copies of events
+published through ``publish()``, each with a fresh event id) is drained by, in turn:
 
 - the hand-written baseline: one ``DELETE ... RETURNING`` and one
   clickhouse-connect ``client.insert(rows)`` per batch, in one PostgreSQL
@@ -13,7 +13,9 @@ PostgreSQL connection and ClickHouse client before the clock starts and closes
 them at the end). After every run of the real relay, the set of published
 event ids is compared with the set in ClickHouse, and the counts too.
 
-Inserts are counted per run: relay batches (``RelayReport.batches``) for the
+Each combination runs several rounds, interleaved with the others so that a
+slow moment of the machine does not fall on one of them only; the median
+counts. Inserts are counted per run: relay batches (``RelayReport.batches``) for the
 relay, loop iterations for the baseline — each is one ClickHouse INSERT.
 """
 
@@ -24,14 +26,15 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from statistics import median
 from typing import Any, Protocol
 
 from harness import (
     BenchEnv,
     ClickHouseProbe,
     exactly_once,
+    fill_backlog,
     outbox_depth,
-    publish_backlog,
     settle_postgres,
 )
 
@@ -157,64 +160,93 @@ def run(
     *,
     backlog: int,
     batch_sizes: tuple[int, ...],
+    repeats: dict[int, int],
     worker_counts: tuple[int, ...] = (1, 2),
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Every (batch size, workers, kind) drains ``repeats[batch size]`` times, interleaved."""
     runs: list[dict[str, Any]] = []
-    for batch in batch_sizes:
-        for workers in worker_counts:
-            for kind in ("baseline", "relay"):
-                probe.truncate()
-                if outbox_depth():
-                    raise RuntimeError("the outbox is not empty before a throughput run")
-                published = publish_backlog(backlog)
-                settle_postgres()
-                make: Callable[[], Drainer] = (
-                    partial(RealRelay, batch)
-                    if kind == "relay"
-                    else partial(BaselineRelay, bench, probe.table, batch)
-                )
-                seconds, inserts, events = _drain_with(make, workers)
-                left = outbox_depth()
-                if kind == "relay":
-                    ok, detail = exactly_once(probe, published)
-                else:
-                    count, unique = probe.count_and_unique()
-                    ok = count == unique == len(published)
-                    detail = f"{count:,} rows ({unique:,} distinct) for {len(published):,}"
-                ok = ok and left == 0 and events == len(published)
-                result = {
-                    "kind": kind,
-                    "batch_size": batch,
-                    "workers": workers,
-                    "events": events,
-                    "seconds": seconds,
-                    "events_per_s": events / seconds,
-                    "inserts": inserts,
-                    "inserts_per_10k": inserts / events * 10_000 if events else 0.0,
-                    "exactly_once": ok,
-                    "check": detail,
-                }
-                runs.append(result)
-                progress(
-                    f"  {kind:8} batch {batch:>6,} x{workers}: {result['events_per_s']:>9,.0f} ev/s"
-                    f"  {inserts:>5} inserts  {'OK' if ok else 'FAIL'} ({detail})"
-                )
+    rounds = max(repeats.get(batch, 1) for batch in batch_sizes)
+    for round_ in range(rounds):
+        for batch in batch_sizes:
+            if round_ >= repeats.get(batch, 1):
+                continue
+            for workers in worker_counts:
+                for kind in ("baseline", "relay"):
+                    result = _one_run(
+                        bench, probe, kind, batch=batch, workers=workers, backlog=backlog
+                    )
+                    result["round"] = round_ + 1
+                    runs.append(result)
+                    progress(
+                        f"  {kind:8} batch {batch:>6,} x{workers} (round {round_ + 1}):"
+                        f" {result['events_per_s']:>9,.0f} ev/s  {result['inserts']:>5} inserts"
+                        f"  {'OK' if result['exactly_once'] else 'FAIL'} ({result['check']})"
+                    )
     probe.truncate()
     comparisons = []
     for batch in batch_sizes:
         for workers in worker_counts:
-            pick = {
-                r["kind"]: r for r in runs if r["batch_size"] == batch and r["workers"] == workers
+            rates = {
+                kind: [
+                    r["events_per_s"]
+                    for r in runs
+                    if (r["kind"], r["batch_size"], r["workers"]) == (kind, batch, workers)
+                ]
+                for kind in ("baseline", "relay")
             }
+            relay = median(rates["relay"])
+            baseline = median(rates["baseline"])
             comparisons.append(
                 {
                     "batch_size": batch,
                     "workers": workers,
-                    "relay_events_per_s": pick["relay"]["events_per_s"],
-                    "baseline_events_per_s": pick["baseline"]["events_per_s"],
-                    "ratio": pick["relay"]["events_per_s"] / pick["baseline"]["events_per_s"],
-                    "exactly_once": pick["relay"]["exactly_once"],
+                    "rounds": len(rates["relay"]),
+                    "relay_events_per_s": relay,
+                    "relay_range": [min(rates["relay"]), max(rates["relay"])],
+                    "baseline_events_per_s": baseline,
+                    "baseline_range": [min(rates["baseline"]), max(rates["baseline"])],
+                    "ratio": relay / baseline,
+                    "exactly_once": all(
+                        r["exactly_once"]
+                        for r in runs
+                        if (r["kind"], r["batch_size"], r["workers"]) == ("relay", batch, workers)
+                    ),
                 }
             )
     return {"backlog": backlog, "runs": runs, "comparisons": comparisons}
+
+
+def _one_run(
+    bench: BenchEnv, probe: ClickHouseProbe, kind: str, *, batch: int, workers: int, backlog: int
+) -> dict[str, Any]:
+    probe.truncate()
+    if outbox_depth():
+        raise RuntimeError("the outbox is not empty before a throughput run")
+    published = fill_backlog(backlog)
+    settle_postgres()
+    make: Callable[[], Drainer] = (
+        partial(RealRelay, batch)
+        if kind == "relay"
+        else partial(BaselineRelay, bench, probe.table, batch)
+    )
+    seconds, inserts, events = _drain_with(make, workers)
+    left = outbox_depth()
+    if kind == "relay":
+        ok, detail = exactly_once(probe, published)
+    else:
+        count, unique = probe.count_and_unique()
+        ok = count == unique == len(published)
+        detail = f"{count:,} rows ({unique:,} distinct) for {len(published):,}"
+    return {
+        "kind": kind,
+        "batch_size": batch,
+        "workers": workers,
+        "events": events,
+        "seconds": seconds,
+        "events_per_s": events / seconds,
+        "inserts": inserts,
+        "inserts_per_10k": inserts / events * 10_000 if events else 0.0,
+        "exactly_once": ok and left == 0 and events == len(published),
+        "check": detail,
+    }

@@ -6,8 +6,10 @@ server when CLICKHOUSE_URL points at one) and helpers to run relay processes.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import transaction
 
-from event_log import clickhouse, schema
+from event_log import Event, clickhouse, publish, schema
 
 SRC = Path(__file__).resolve().parent
 # Names of this test run's own Redis keys and Celery queue, so that a worker or a
@@ -129,19 +132,33 @@ def process_env(clickhouse_url: str) -> dict[str, str]:
     return env
 
 
+def run_manage(
+    *args: str, env: dict[str, str | None], base: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` in a child process with ``base`` (default: this environment)
+    updated by ``env``; a None value removes that variable."""
+    child = dict(os.environ if base is None else base)
+    for key, value in env.items():
+        if value is None:
+            child.pop(key, None)
+        else:
+            child[key] = value
+    return subprocess.run(
+        [sys.executable, str(SRC / "manage.py"), *args],
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def manage(process_env: dict[str, str]) -> Any:
-    """Run ``manage.py`` in a child process; returns the CompletedProcess."""
+    """Run ``manage.py`` in a child process sharing the test's databases."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
-        return subprocess.run(
-            [sys.executable, str(SRC / "manage.py"), *args],
-            env={**process_env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    def run(*args: str, env: dict[str, str | None] | None = None, timeout: float = 120) -> Any:
+        return run_manage(*args, env=env or {}, base=process_env, timeout=timeout)
 
     return run
 
@@ -160,3 +177,49 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
 def _generous_rate_limit(settings: Any) -> None:
     """Tests post many users from one address; the rate-limit test sets its own."""
     settings.API_USERS_CREATE_RATE = "100000/s"
+
+
+# -- helpers shared by the test modules ----------------------------------------
+
+
+class Ping(Event):
+    """A small event for tests."""
+
+    n: int
+    text: str = ""
+
+
+def publish_pings(count: int, *, chunk: int = 5_000) -> list[uuid.UUID]:
+    """Publish ``count`` events in transactions of ``chunk``; returns their ids in order."""
+    ids: list[uuid.UUID] = []
+    for start in range(0, count, chunk):
+        with transaction.atomic():
+            ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
+    return ids
+
+
+def assert_exactly_once(ch: ClickHouseProbe, published: list[uuid.UUID]) -> None:
+    """ClickHouse holds each published event id once, and nothing else."""
+    delivered = ch.event_ids()
+    missing = set(published) - set(delivered)
+    extra = set(delivered) - set(published)
+    assert not missing, f"{len(missing)} events lost"
+    assert not extra, f"{len(extra)} unexpected events"
+    assert len(delivered) == len(published), "some event was delivered twice"
+
+
+def unused_port() -> int:
+    """A local port nothing listens on (for 'unreachable' scenarios and test servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) -> float:
+    """Poll until ``predicate()`` is true; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -1,9 +1,6 @@
 """Production-safe defaults, rate limits, masked secrets and staff-only operations."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from conftest import Ping, run_manage
 from core.logging import redact_personal_data
 from event_log import Event, publish
 from event_log.models import DeadLetter, OutboxEvent
@@ -36,30 +34,14 @@ PRODUCTION = {
 
 
 def test_deploy_check_passes_with_production_settings():
-    result = subprocess.run(
-        [sys.executable, str(SRC / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
-        env={**os.environ, **PRODUCTION},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
 def test_secret_key_has_no_fallback_outside_debug():
-    env = {**os.environ, **PRODUCTION}
-    del env["SECRET_KEY"]
-    result = subprocess.run(
-        [sys.executable, str(SRC / "manage.py"), "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_manage("check", env={**PRODUCTION, "SECRET_KEY": None})
 
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
@@ -116,10 +98,6 @@ def test_url_passwords_and_personal_data_are_masked_in_log_records():
 
 
 # -- staff-only operations -----------------------------------------------------
-
-
-class Ping(Event):
-    n: int
 
 
 def _dead_letter() -> DeadLetter:

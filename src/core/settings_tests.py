@@ -1,37 +1,25 @@
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_manage
+
 SRC = Path(__file__).resolve().parents[1]
 
 
-def _check(env_overrides: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["ENV_FILE"] = "/nonexistent"
-    base = {
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-        "CLICKHOUSE_URL": "chdb:///tmp/unused",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
-        "SECRET_KEY": "x" * 50,
-        "DEBUG": "false",
-    }
-    base.update(env_overrides)
-    for key, value in base.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return subprocess.run(
-        [sys.executable, str(SRC / "manage.py"), "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+STANDALONE = {
+    "ENV_FILE": "/nonexistent",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+    "CLICKHOUSE_URL": "chdb:///tmp/unused",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
+    "SECRET_KEY": "x" * 50,
+    "DEBUG": "false",
+}
+
+
+def _check(overrides: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
+    return run_manage("check", env={**STANDALONE, **overrides}, timeout=60)
 
 
 def test_complete_environment_starts():
@@ -73,28 +61,8 @@ def test_malformed_variable_stops_start_up_with_one_line_naming_it(name, value):
 
 
 def test_debug_is_off_unless_set():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(SRC / "manage.py"),
-            "shell",
-            "-c",
-            "from django.conf import settings; print(settings.DEBUG)",
-        ],
-        env={
-            **os.environ,
-            "ENV_FILE": "/nonexistent",
-            "DEBUG": "",
-            "SECRET_KEY": "y" * 50,
-            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-            "CLICKHOUSE_URL": "chdb:///tmp/unused",
-            "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    code = "from django.conf import settings; print(settings.DEBUG)"
+    result = run_manage("shell", "-c", code, env={**STANDALONE, "DEBUG": None}, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
 
 

@@ -7,7 +7,6 @@ full set in ClickHouse, and the lengths (a duplicate would make them differ).
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import connection
 from structlog.testing import capture_logs
 
-from event_log import Event, publish
+from conftest import assert_exactly_once, publish_pings, unused_port, wait_until
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
@@ -31,33 +30,6 @@ from event_log.relay import Relay, run_relay
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 SRC = Path(__file__).resolve().parents[1]
-
-
-class Ping(Event):
-    n: int
-
-
-def publish_pings(count: int, *, chunk: int = 5_000) -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = []
-    for start in range(0, count, chunk):
-        with transaction.atomic():
-            ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
-    return ids
-
-
-def assert_exactly_once(ch, published) -> None:
-    delivered = ch.event_ids()
-    missing = set(published) - set(delivered)
-    extra = set(delivered) - set(published)
-    assert not missing, f"{len(missing)} events lost"
-    assert not extra, f"{len(extra)} unexpected events"
-    assert len(delivered) == len(published), "some event was delivered twice"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fast_config(**overrides):
@@ -71,15 +43,6 @@ def relay_process(process_env, *args: str, env: dict[str, str] | None = None, lo
         stdout=subprocess.DEVNULL,
         stderr=log or subprocess.DEVNULL,
     )
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # -- crashes -------------------------------------------------------------------
@@ -165,7 +128,7 @@ def test_clickhouse_unreachable_keeps_the_batch_sealed_and_backs_off(ch):
     published = publish_pings(1_000)
     down = Relay(
         config=fast_config(BATCH_SIZE=400),
-        clickhouse_url=f"http://relay:s3cret@127.0.0.1:{closed_port()}/default",
+        clickhouse_url=f"http://relay:s3cret@127.0.0.1:{unused_port()}/default",
     )
 
     with capture_logs() as logs:
@@ -229,7 +192,7 @@ def test_api_keeps_answering_201_while_clickhouse_is_down_and_nothing_is_lost(
 
     # During: the relay can only reach a closed port; the API must not notice.
     down_log = tmp_path / "down.log"
-    outage_env = {**env, "CLICKHOUSE_URL": f"http://127.0.0.1:{closed_port()}/default"}
+    outage_env = {**env, "CLICKHOUSE_URL": f"http://127.0.0.1:{unused_port()}/default"}
     with down_log.open("wb") as log, relay_process(process_env, env=outage_env, log=log) as down:
         post_users(150, "during")
         assert OutboxEvent.objects.count() >= 150
@@ -394,7 +357,7 @@ def time_ago(seconds: float):
 
 
 def test_relay_start_up_with_unreachable_clickhouse_says_so_in_one_line(manage):
-    url = f"http://relay:s3cret@127.0.0.1:{closed_port()}/default"
+    url = f"http://relay:s3cret@127.0.0.1:{unused_port()}/default"
 
     result = manage("relay_events", "--once", env={"CLICKHOUSE_URL": url})
 
@@ -406,7 +369,7 @@ def test_relay_start_up_with_unreachable_clickhouse_says_so_in_one_line(manage):
 
 
 def test_status_reports_unreachable_clickhouse_with_the_password_masked(manage):
-    url = f"http://relay:s3cret@127.0.0.1:{closed_port()}/default"
+    url = f"http://relay:s3cret@127.0.0.1:{unused_port()}/default"
 
     result = manage("event_log_status", "--json", env={"CLICKHOUSE_URL": url})
 
@@ -418,7 +381,7 @@ def test_status_reports_unreachable_clickhouse_with_the_password_masked(manage):
 
 
 def test_api_never_touches_clickhouse(client, settings, db):
-    settings.CLICKHOUSE_URL = f"http://127.0.0.1:{closed_port()}/default"
+    settings.CLICKHOUSE_URL = f"http://127.0.0.1:{unused_port()}/default"
 
     response = client.post(
         "/api/users", data={"email": "ada@example.com"}, content_type="application/json"

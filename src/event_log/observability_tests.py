@@ -2,7 +2,6 @@
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
 from sentry_sdk.transport import Transport
 
-from conftest import RUN_ID
-from event_log import Event, publish
+from conftest import RUN_ID, Ping, unused_port, wait_until
+from event_log import publish
 from event_log.kick import KICK_PENDING_KEY
 from event_log.models import OutboxEvent
 from event_log.relay import Relay, run_relay
@@ -27,16 +26,6 @@ from event_log.relay import Relay, run_relay
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SRC = Path(__file__).resolve().parents[1]
-
-
-class Ping(Event):
-    n: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -47,15 +36,6 @@ def json_lines(path: Path) -> list[dict]:
         except ValueError:
             continue
     return lines
-
-
-def wait_until(predicate, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.mark.slow
@@ -69,13 +49,14 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
         "DEBUG": "false",
         "EVENT_LOG_RELAY_INTERVAL": "600",
         "SECURE_SSL_REDIRECT": "false",
+        "LOG_LEVEL": "DEBUG",
     }
     broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
     broker.delete(RUN_ID)
     from django.core.cache import cache
 
     cache.delete(KICK_PENDING_KEY)
-    port = free_port()
+    port = unused_port()
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
     with web_log.open("wb") as web_out, worker_log.open("wb") as worker_out:
         web = subprocess.Popen(
@@ -240,7 +221,7 @@ def test_health_answers_503_when_postgresql_does_not(manage):
         "shell",
         "-c",
         code,
-        env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/nowhere"},
+        env={"DATABASE_URL": f"postgres://postgres@127.0.0.1:{unused_port()}/nowhere"},
     )
 
     assert result.returncode == 0, result.stderr

@@ -85,7 +85,7 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
         )
     relay_run_on_commit(using)
     EVENTS_PUBLISHED.inc(len(events))
-    logger.info(
+    logger.debug(
         "outbox_events_published",
         events=len(events),
         event_types=sorted({event.event_type for event in events}),

@@ -4,39 +4,20 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
 
-from event_log import Event, publish
+from conftest import Ping, assert_exactly_once, publish_pings
+from event_log import publish
 from event_log.conf import event_log_settings
 from event_log.models import OutboxBatch, OutboxEvent
 from event_log.relay import Relay, backoff_delay, run_relay
 from users.use_cases import CreateUser, CreateUserRequest
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Ping(Event):
-    n: int
-    text: str = ""
-
-
-def publish_pings(count: int, *, chunk: int = 1_000) -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = []
-    for start in range(0, count, chunk):
-        with transaction.atomic():
-            ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
-    return ids
-
-
-def assert_exactly_once(ch, published):
-    delivered = ch.event_ids()
-    assert set(delivered) == set(published)
-    assert len(delivered) == len(published), "some event was delivered twice"
 
 
 def test_committed_use_case_event_reaches_clickhouse_with_every_column_right(ch, settings):
