@@ -29,7 +29,7 @@ if ! answers "$PG_HOST" "$PG_PORT"; then
     wait_for PostgreSQL "$PG_HOST" "$PG_PORT"
   else
     echo "error: PostgreSQL does not answer on $PG_HOST:$PG_PORT." >&2
-    echo "Install PostgreSQL 15+ (e.g. 'apt-get install postgresql') or set DATABASE_URL." >&2
+    echo "Install PostgreSQL 15+ (e.g. 'apt-get install postgresql') or start it on $PG_HOST:$PG_PORT (PG_HOST/PG_PORT select another)." >&2
     exit 1
   fi
 fi
@@ -41,7 +41,7 @@ if ! answers "$REDIS_HOST" "$REDIS_PORT"; then
     wait_for Redis "$REDIS_HOST" "$REDIS_PORT"
   else
     echo "error: Redis does not answer on $REDIS_HOST:$REDIS_PORT." >&2
-    echo "Install Redis 7 (e.g. 'apt-get install redis-server') or set REDIS_URL and CELERY_BROKER_URL." >&2
+    echo "Install Redis 7 (e.g. 'apt-get install redis-server') or start it on $REDIS_HOST:$REDIS_PORT (REDIS_HOST/REDIS_PORT select another)." >&2
     exit 1
   fi
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import ValidationError
@@ -10,6 +11,11 @@ from users.api import router as users_router
 
 api = NinjaAPI(title="Die Hard", version="1.0", urls_namespace="api")
 api.add_router("/users", users_router)
+
+
+@api.exception_handler(RequestDataTooBig)
+def request_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return api.create_response(request, {"detail": "Request body too large"}, status=413)
 
 
 # Malformed JSON never gets here: django-ninja answers it with 400 itself.

@@ -130,6 +130,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env.optional("CACHE_KEY_PREFIX", default="die-hard"),
+        # Fail fast: the cache serves rate limits and relay kicks, never worth a hung request.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     }
 }
 
@@ -144,6 +146,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # django-structlog carries the request id (and other bound context) into tasks.
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
@@ -163,6 +167,7 @@ EVENT_LOG = {
     "BACKOFF_INITIAL": env.number("EVENT_LOG_BACKOFF_INITIAL", default=0.5, minimum=0.0),
     "BACKOFF_MAX": env.number("EVENT_LOG_BACKOFF_MAX", default=30.0, minimum=0.0),
     "KICK_ENABLED": env.boolean("EVENT_LOG_KICK", default=True),
+    "INSERT_TIMEOUT": env.number("EVENT_LOG_INSERT_TIMEOUT", default=20.0, minimum=1.0),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
 }
 

@@ -36,4 +36,13 @@ def check_event_log_settings(**_: Any) -> list[CheckMessage]:
                 id="event_log.W001",
             )
         )
+    if config.INSERT_TIMEOUT >= config.LEASE_SECONDS:
+        messages.append(
+            Warning(
+                "EVENT_LOG_INSERT_TIMEOUT is not shorter than EVENT_LOG_LEASE_SECONDS.",
+                hint="An insert still waiting when its lease ends lets another relay send "
+                "the batch too; keep the timeout well under the lease.",
+                id="event_log.W002",
+            )
+        )
     return messages

@@ -82,15 +82,20 @@ def embedded_path(url: str) -> Path | None:
     return Path(urlsplit(url).path)
 
 
-def connect(url: str | None = None, **kwargs: Any) -> Client:
+def connect(url: str | None = None, *, timeout: float | None = None, **kwargs: Any) -> Client:
     """A clickhouse-connect client for ``url`` (default ``settings.CLICKHOUSE_URL``).
 
-    Raises :class:`ClickHouseError` (transient) when the server cannot be reached.
+    ``timeout`` bounds each request to a server: an insert that outlives it is an
+    unknown outcome, retried under the same token. Raises :class:`ClickHouseError`
+    (transient) when the server cannot be reached.
     """
     url = url or clickhouse_url()
     path = embedded_path(url)
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
+    elif timeout is not None:
+        kwargs.setdefault("send_receive_timeout", timeout)
+        kwargs.setdefault("connect_timeout", min(timeout, 10.0))
     if urlsplit(url).scheme == "https":
         # clickhouse-connect infers TLS from the port, not from the DSN's scheme:
         # without this, https://host:9000 would be spoken to in plain HTTP.

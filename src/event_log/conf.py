@@ -10,6 +10,7 @@ TIME_BUDGET         EVENT_LOG_TIME_BUDGET            seconds one relay run drain
 BACKOFF_INITIAL     EVENT_LOG_BACKOFF_INITIAL        first retry delay after a transient error
 BACKOFF_MAX         EVENT_LOG_BACKOFF_MAX            cap of the exponential retry delay
 KICK_ENABLED        EVENT_LOG_KICK                   enqueue a relay run when a transaction commits
+INSERT_TIMEOUT      EVENT_LOG_INSERT_TIMEOUT         seconds a ClickHouse server may take to answer
 CLICKHOUSE_TABLE    EVENT_LOG_CLICKHOUSE_TABLE       the ClickHouse table events go to
 ==================  ===============================  ======================================
 """
@@ -32,6 +33,7 @@ class EventLogSettings:
     BACKOFF_INITIAL: float = 0.5
     BACKOFF_MAX: float = 30.0
     KICK_ENABLED: bool = True
+    INSERT_TIMEOUT: float = 20.0
     CLICKHOUSE_TABLE: str = "event_log"
 
     def __post_init__(self) -> None:

@@ -9,6 +9,8 @@ many transactions commit, at most one kick waits in the queue at a time.
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from django.core.cache import cache
 from django.db import connections, transaction
@@ -23,26 +25,57 @@ KICK_PENDING_KEY = "event_log:relay_kick_pending"
 KICK_PENDING_TTL = 30
 
 
+# After a failed kick (Redis or the broker unreachable) this process stops kicking
+# for a while, so that an outage costs one failed attempt, not one per request.
+PAUSE_AFTER_FAILURE_S = 10.0
+_paused_until = 0.0
+
+
 def request_relay_run() -> bool:
-    """Queue one relay run unless one is already queued; True when this call queued it."""
-    if not event_log_settings().KICK_ENABLED:
+    """Queue one relay run unless one is already queued; True when this call queued it.
+
+    Never raises and never retries: the commit is done, and Celery Beat runs the
+    relay anyway. A failure pauses kicking in this process for a few seconds.
+    """
+    if not event_log_settings().KICK_ENABLED or kicks_paused():
         return False
     try:
         if not cache.add(KICK_PENDING_KEY, 1, timeout=KICK_PENDING_TTL):
             return False
+    except Exception as exc:
+        _pause(exc)
+        return False
+    try:
         from event_log.tasks import relay_outbox  # noqa: PLC0415 (Celery only when kicking)
 
-        relay_outbox.apply_async(kwargs={"kicked": True}, ignore_result=True)
-    except Exception as exc:  # the commit is done; Beat is the safety net
-        cache.delete(KICK_PENDING_KEY)
-        logger.warning("relay_kick_failed", error=str(exc))
+        relay_outbox.apply_async(kwargs={"kicked": True}, ignore_result=True, retry=False)
+    except Exception as exc:
+        _pause(exc)
+        _clear_flag()
         return False
     return True
 
 
+def kicks_paused() -> bool:
+    return time.monotonic() < _paused_until
+
+
+def _pause(exc: Exception) -> None:
+    global _paused_until  # noqa: PLW0603
+    _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+    logger.warning("relay_kick_failed", error=str(exc), paused_s=PAUSE_AFTER_FAILURE_S)
+
+
+def _clear_flag() -> None:
+    try:
+        cache.delete(KICK_PENDING_KEY)
+    except Exception as exc:  # the flag expires by itself
+        logger.warning("relay_kick_flag_not_cleared", error=str(exc))
+
+
 def kick_started() -> None:
     """Called by a relay run as it starts: later commits may queue the next run."""
-    cache.delete(KICK_PENDING_KEY)
+    _clear_flag()
 
 
 def relay_run_on_commit(using: str) -> None:

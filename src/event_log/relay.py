@@ -332,7 +332,9 @@ class Relay:
     def connect_clickhouse(self) -> Client:
         """The relay's ClickHouse client, opened on first use and kept until close()."""
         if self._client is None:
-            self._client = clickhouse.connect(self.clickhouse_url)
+            self._client = clickhouse.connect(
+                self.clickhouse_url, timeout=self.config.INSERT_TIMEOUT
+            )
         return self._client
 
     def _drop_client(self) -> None:

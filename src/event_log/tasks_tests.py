@@ -13,9 +13,9 @@ import redis
 from django.conf import settings as django_settings
 from django.db import transaction
 
-from conftest import RUN_ID, Ping, wait_until
-from event_log import publish
-from event_log.kick import KICK_PENDING_KEY, KICK_PENDING_TTL, request_relay_run
+from conftest import RUN_ID, Ping, unused_port, wait_until
+from event_log import kick, publish
+from event_log.kick import KICK_PENDING_KEY, KICK_PENDING_TTL, kicks_paused, request_relay_run
 from event_log.models import OutboxEvent
 from users.use_cases import CreateUser, CreateUserRequest
 
@@ -41,8 +41,10 @@ def kicks_on(settings):
 
     settings.EVENT_LOG = {**settings.EVENT_LOG, "KICK_ENABLED": True}
     cache.delete(KICK_PENDING_KEY)
+    kick._paused_until = 0.0
     yield
-    cache.delete(KICK_PENDING_KEY)
+    kick._paused_until = 0.0
+    kick._clear_flag()  # tolerates a test that took the cache away
 
 
 @contextmanager
@@ -142,3 +144,23 @@ def test_worker_and_beat_deliver_with_nobody_calling_the_relay(broker, ch, proce
     delivered = ch.event_ids()
     assert set(delivered) == set(published)
     assert len(delivered) == len(published)
+
+
+def test_commits_go_on_when_redis_is_down_and_kicking_pauses(kicks_on, settings, client):
+    settings.CACHES = {
+        "default": {
+            **settings.CACHES["default"],
+            "LOCATION": f"redis://127.0.0.1:{unused_port()}/0",
+        }
+    }
+
+    first = CreateUser().execute(CreateUserRequest(email="ada@example.com"))
+    assert first.error == ""
+    assert kicks_paused(), "one failed kick pauses the next ones"
+    assert request_relay_run() is False
+    response = client.post(
+        "/api/users", data={"email": "bob@example.com"}, content_type="application/json"
+    )
+
+    assert response.status_code == 201, "the rate limiter fails open without its cache"
+    assert OutboxEvent.objects.count() == 2

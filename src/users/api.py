@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Status
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from users.use_cases import CreateUser, CreateUserRequest
 from users.use_cases.create_user import CreatedUser
 
+logger = structlog.get_logger(__name__)
 router = Router(tags=["users"])
 
 
@@ -25,7 +27,11 @@ class CreateUserThrottle(AnonRateThrottle):
     def allow_request(self, request: HttpRequest) -> bool:
         self.rate = settings.API_USERS_CREATE_RATE
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request)
+        try:
+            return super().allow_request(request)
+        except Exception as exc:  # the cache is down: serve rather than refuse everyone
+            logger.warning("rate_limit_unavailable", error=str(exc))
+            return True
 
 
 class ErrorOut(BaseModel):
