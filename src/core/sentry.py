@@ -6,7 +6,12 @@ from typing import Any
 
 
 def configure_sentry(
-    *, dsn: str, environment: str, traces_sample_rate: float, **options: Any
+    *,
+    dsn: str,
+    environment: str,
+    traces_sample_rate: float,
+    exclude_beat_tasks: list[str] | None = None,
+    **options: Any,
 ) -> bool:
     if not dsn:
         return False
@@ -21,7 +26,10 @@ def configure_sentry(
         environment=environment,
         traces_sample_rate=traces_sample_rate,
         send_default_pii=False,
-        integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
+        integrations=[
+            DjangoIntegration(),
+            CeleryIntegration(monitor_beat_tasks=True, exclude_beat_tasks=exclude_beat_tasks),
+        ],
         **options,
     )
     return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from core import env
@@ -178,7 +179,15 @@ CELERY_BEAT_SCHEDULE = {
         # A tick nobody ran in time is dropped: the next one does the same work.
         "options": {"expires": EVENT_LOG_RELAY_INTERVAL * 2},
     },
+    # The same run once a minute, monitored as a Sentry cron (Sentry cannot watch
+    # sub-minute schedules): if Beat or every worker stops, the check-ins stop.
+    "relay-outbox-watchdog": {
+        "task": "event_log.tasks.relay_outbox",
+        "schedule": crontab(),
+        "options": {"expires": 50},
+    },
 }
+SENTRY_UNMONITORED_BEAT_ENTRIES = ["^relay-outbox$"]
 
 # Logging and tracing: configured once, in their own modules.
 LOG_FORMAT = env.choice(
@@ -198,6 +207,7 @@ from core.sentry import configure_sentry  # noqa: E402
 
 configure_logging(log_format=LOG_FORMAT, log_level=LOG_LEVEL)
 configure_sentry(
+    exclude_beat_tasks=SENTRY_UNMONITORED_BEAT_ENTRIES,
     dsn=SENTRY_DSN,
     environment=SENTRY_ENVIRONMENT,
     traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,

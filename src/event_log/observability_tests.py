@@ -1,12 +1,16 @@
 """Logs, Sentry, /health, /metrics and the status command, on real processes and databases."""
 
+import gzip
+import http.server
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import redis
@@ -310,3 +314,78 @@ def test_stdlib_and_structlog_records_share_one_json_renderer(manage):
     assert lines[1]["event"] == "thing_happened"
     assert lines[1]["email"] == "[redacted]"
     assert "ada@example.com" not in result.stderr
+
+
+class _FakeSentry(http.server.BaseHTTPRequestHandler):
+    """A Sentry ingestion endpoint on loopback that keeps the envelopes it receives."""
+
+    received: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        elif self.headers.get("Content-Encoding") == "br":  # pragma: no cover - not sent here
+            return
+        self.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        return None
+
+
+@pytest.mark.slow
+def test_beat_relay_runs_are_monitored_as_sentry_crons(ch, process_env, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeSentry)
+    _FakeSentry.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        **process_env,
+        "SENTRY_DSN": f"http://public@127.0.0.1:{server.server_port}/1",
+        "SENTRY_TRACES_SAMPLE_RATE": "0",
+        "EVENT_LOG_KICK": "false",
+        "EVENT_LOG_RELAY_INTERVAL": "0.5",
+    }
+    worker_args = ["worker", "--pool=solo", "--without-mingle", "--without-gossip"]
+    beat_args = ["beat", "--schedule", str(tmp_path / "beat-schedule")]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for args in (worker_args, beat_args)
+    ]
+
+    def check_ins() -> list[dict]:
+        found = []
+        for body in list(_FakeSentry.received):
+            for line in body.splitlines():
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(item, dict) and "check_in_id" in item:
+                    found.append(item)
+        return found
+
+    try:
+        wait_until(
+            lambda: any(c.get("status") == "ok" for c in check_ins()), timeout=150, interval=0.2
+        )
+    finally:
+        for proc in processes:
+            proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            proc.wait(30)
+        server.shutdown()
+        server.server_close()
+
+    slugs = {c["monitor_slug"] for c in check_ins()}
+    statuses = {c["status"] for c in check_ins()}
+    assert slugs == {"relay-outbox-watchdog"}, "the sub-minute schedule is not a Sentry cron"
+    assert {"in_progress", "ok"} <= statuses
