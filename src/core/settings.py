@@ -169,6 +169,7 @@ EVENT_LOG = {
     "BACKOFF_MAX": env.number("EVENT_LOG_BACKOFF_MAX", default=30.0, minimum=0.0),
     "KICK_ENABLED": env.boolean("EVENT_LOG_KICK", default=True),
     "INSERT_TIMEOUT": env.number("EVENT_LOG_INSERT_TIMEOUT", default=20.0, minimum=1.0),
+    "MIN_INSERT_INTERVAL": env.number("EVENT_LOG_MIN_INSERT_INTERVAL", default=0.2),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
 }
 

@@ -1,18 +1,17 @@
 """The event log's settings: one typed object, read lazily from ``settings.EVENT_LOG``.
 
-==================  ===============================  ======================================
-key                 environment variable             meaning
-==================  ===============================  ======================================
-BATCH_SIZE          EVENT_LOG_BATCH_SIZE             most rows in one sealed batch / INSERT
-RELAY_INTERVAL      EVENT_LOG_RELAY_INTERVAL         seconds between Beat-driven relay runs
-LEASE_SECONDS       EVENT_LOG_LEASE_SECONDS          how long a relay owns a sealed batch
-TIME_BUDGET         EVENT_LOG_TIME_BUDGET            seconds one relay run drains before yielding
-BACKOFF_INITIAL     EVENT_LOG_BACKOFF_INITIAL        first retry delay after a transient error
-BACKOFF_MAX         EVENT_LOG_BACKOFF_MAX            cap of the exponential retry delay
-KICK_ENABLED        EVENT_LOG_KICK                   enqueue a relay run when a transaction commits
-INSERT_TIMEOUT      EVENT_LOG_INSERT_TIMEOUT         seconds a ClickHouse server may take to answer
-CLICKHOUSE_TABLE    EVENT_LOG_CLICKHOUSE_TABLE       the ClickHouse table events go to
-==================  ===============================  ======================================
+Each key is set from the environment variable ``EVENT_LOG_<KEY>`` (``KICK_ENABLED``
+from ``EVENT_LOG_KICK``):
+
+- ``BATCH_SIZE``: most rows in one sealed batch, so in one ClickHouse INSERT;
+- ``RELAY_INTERVAL``: seconds between Beat-driven relay runs;
+- ``LEASE_SECONDS``: how long a relay owns a sealed batch;
+- ``TIME_BUDGET``: seconds one relay run drains before it returns;
+- ``BACKOFF_INITIAL`` / ``BACKOFF_MAX``: retry delay after a transient error, and its cap;
+- ``KICK_ENABLED``: queue a relay run when a transaction that published commits;
+- ``INSERT_TIMEOUT``: seconds a ClickHouse server may take to answer the relay;
+- ``MIN_INSERT_INTERVAL``: least seconds between two partial batches of one relay;
+- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ class EventLogSettings:
     BACKOFF_MAX: float = 30.0
     KICK_ENABLED: bool = True
     INSERT_TIMEOUT: float = 20.0
+    MIN_INSERT_INTERVAL: float = 0.2
     CLICKHOUSE_TABLE: str = "event_log"
 
     def __post_init__(self) -> None:

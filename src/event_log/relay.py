@@ -91,6 +91,8 @@ class Relay:
         self.checkpoint = checkpoint
         self.sleep = sleep
         self._client: Client | None = None
+        # When the last batch was partial: batching by time as well as by size.
+        self._partial_sent_at: float | None = None
 
     # -- the three steps -------------------------------------------------------
 
@@ -175,6 +177,7 @@ class Relay:
         report = RelayReport()
         db_failures = 0
         while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
+            self._gather(deadline)
             try:
                 with sentry_sdk.start_span(op="db", name="event_log seal batch"):
                     batch = self.claim()
@@ -220,6 +223,8 @@ class Relay:
             self._release(batch, delay=0.0, error=str(exc))
             return True
         self.checkpoint("finished", batch)
+        partial = batch.rows < self.config.BATCH_SIZE
+        self._partial_sent_at = time.monotonic() if partial else None
         duration = time.perf_counter() - started
         BATCH_DURATION.observe(duration)
         report.batches += 1
@@ -285,6 +290,18 @@ class Relay:
         return True
 
     # -- helpers ---------------------------------------------------------------
+
+    def _gather(self, deadline: float) -> None:
+        """After a partial batch, let events gather for MIN_INSERT_INTERVAL.
+
+        Under load every batch is full and nothing waits; on a trickle this caps a
+        relay at one INSERT per interval instead of one per handful of events.
+        """
+        if self._partial_sent_at is None:
+            return
+        wait = self._partial_sent_at + self.config.MIN_INSERT_INTERVAL - time.monotonic()
+        if wait > 0:
+            self.sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
     def _release(self, batch: Batch, *, delay: float, error: str) -> None:
         """Let any relay take the batch again after ``delay`` seconds (same rows, same token)."""

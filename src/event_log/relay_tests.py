@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -230,3 +231,30 @@ def test_event_date_time_is_publish_time_to_the_microsecond(ch):
 
     [row] = ch.rows()
     assert row[2].replace(tzinfo=UTC) == published_at
+
+
+def test_a_trickle_of_events_is_batched_by_time_not_sent_one_by_one(ch, settings):
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "MIN_INSERT_INTERVAL": 0.25}
+    published: list[uuid.UUID] = []
+
+    def trickle() -> None:
+        try:
+            for i in range(100):  # about 100 events/s for a second
+                with transaction.atomic():
+                    published.extend(publish(Ping(n=i)))
+                time.sleep(0.01)
+        finally:
+            connection.close()
+
+    producer = threading.Thread(target=trickle)
+    producer.start()
+    relay = Relay()
+    batches = 0
+    while producer.is_alive():
+        batches += relay.run(time_budget=0.5).batches
+    producer.join()
+    batches += relay.run().batches
+
+    assert_exactly_once(ch, published)
+    # One INSERT per 0.25 s at most (plus the last): not one per event.
+    assert batches <= 1.5 / 0.25 + 2, batches
