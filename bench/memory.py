@@ -81,6 +81,13 @@ def run(
         "max_minus_start_mb": max(rss) - start,
         "start_minus_min_mb": start - min(rss),
         "events_per_s": child["events"] / child["seconds"],
+        # After the first tenth of the drain: the engine's caches and merge buffers
+        # have grown to their working size; what follows shows whether RSS tracks
+        # the number of events relayed (a leak) or stays put.
+        "steady_from_events": child["samples"][len(rss) // 10][1],
+        "steady_min_mb": min(rss[len(rss) // 10 :]),
+        "steady_max_mb": max(rss[len(rss) // 10 :]),
+        "steady_drift_mb": end - rss[len(rss) // 10],
     }
     probe.truncate()
     return result

@@ -37,10 +37,10 @@ class NoTransactionError(PublishError, RuntimeError):
 def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     """Add ``events`` to the outbox as part of the current transaction.
 
-    One INSERT for any number of events; each gets a new ``event_id`` and the
-    current UTC time as ``event_date_time``. The events reach ClickHouse if and
-    only if the surrounding transaction commits; a relay run is requested once
-    per transaction, after the commit.
+    One INSERT per 10,000 events (PostgreSQL's parameter limit); each event gets
+    a new ``event_id`` and the current UTC time as ``event_date_time``. The
+    events reach ClickHouse if and only if the surrounding transaction commits;
+    a relay run is requested once per transaction, after the commit.
 
     Must be called inside ``transaction.atomic()`` (use cases always are): an
     event published in autocommit mode would be committed even if the business
@@ -70,19 +70,19 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
             ) from exc
 
     now = datetime.now(UTC)
+    environment = settings.ENVIRONMENT
     event_ids = [uuid.uuid4() for _ in events]
+    rows = [
+        (event_id, event.event_type, now, environment, context, event.metadata_version)
+        for event_id, event, context in zip(event_ids, events, contexts, strict=True)
+    ]
     with conn.cursor() as cur:
-        cur.execute(
-            sql.INSERT_EVENTS,
-            [
-                event_ids,
-                [event.event_type for event in events],
-                [now] * len(events),
-                [settings.ENVIRONMENT] * len(events),
-                contexts,
-                [event.metadata_version for event in events],
-            ],
-        )
+        for start in range(0, len(rows), sql.MAX_EVENTS_PER_INSERT):
+            chunk = rows[start : start + sql.MAX_EVENTS_PER_INSERT]
+            cur.execute(
+                sql.insert_events_statement(len(chunk)),
+                [value for row in chunk for value in row],
+            )
     relay_run_on_commit(using)
     EVENTS_PUBLISHED.inc(len(events))
     logger.debug(

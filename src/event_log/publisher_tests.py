@@ -123,3 +123,15 @@ def test_a_rolled_back_savepoint_does_not_lose_the_kick_of_the_outer_publish():
         assert _pending_kicks() == 0
         publish(ThingHappened(thing_id=2))
         assert _pending_kicks() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_more_events_than_one_statement_takes_are_split_and_all_written():
+    events = [ThingHappened(thing_id=i) for i in range(10_001)]
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        ids = publish(*events)
+
+    inserts = [q for q in queries.captured_queries if "INSERT" in q["sql"].upper()]
+    assert len(inserts) == 2
+    assert set(OutboxEvent.objects.values_list("event_id", flat=True)) == set(ids)
+    assert len(ids) == 10_001

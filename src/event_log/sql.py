@@ -15,14 +15,21 @@ CLICKHOUSE_COLUMNS = (
     "metadata_version",
 )
 
-# publish(): one statement for any number of events (arrays are unnested server-side).
+# publish(): one multi-row INSERT (measured cheaper than unnesting arrays, above all
+# for the common single event).
 INSERT_EVENTS = """
 INSERT INTO event_log_outbox
     (event_id, event_type, event_date_time, environment, event_context, metadata_version)
-SELECT * FROM unnest(
-    %s::uuid[], %s::varchar[], %s::timestamptz[], %s::varchar[], %s::text[], %s::bigint[]
-)
+VALUES {rows}
 """
+EVENT_ROW = "(%s, %s, %s, %s, %s, %s)"
+# PostgreSQL takes at most 65,535 parameters in one statement: 6 per event.
+MAX_EVENTS_PER_INSERT = 10_000
+
+
+def insert_events_statement(count: int) -> str:
+    return INSERT_EVENTS.format(rows=", ".join([EVENT_ROW] * count))
+
 
 # Seal, step 1: stamp up to N unsealed rows, oldest first, with a new batch id.
 # SKIP LOCKED lets any number of relays seal side by side without waiting.
