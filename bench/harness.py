@@ -408,6 +408,21 @@ class Stopwatch:
         self.elapsed = time.perf_counter() - self.started
 
 
+def source_revision() -> str:
+    """The commit measured, marked when src/ has uncommitted changes."""
+    import subprocess  # noqa: PLC0415
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    revision = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "src")
+    return revision + (" + uncommitted changes in src/" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -420,6 +435,7 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
+    import celery  # noqa: PLC0415
     import chdb  # noqa: PLC0415
     import clickhouse_connect  # noqa: PLC0415
     import django  # noqa: PLC0415
@@ -435,4 +451,25 @@ def machine_info() -> dict[str, Any]:
         "psycopg": psycopg.__version__,
         "clickhouse_connect": clickhouse_connect.common.version(),
         "chdb": getattr(chdb, "__version__", "unknown"),
+        "celery": celery.__version__,
     }
+
+
+def redis_version(url: str) -> str:
+    import redis  # noqa: PLC0415
+
+    with contextlib.closing(redis.Redis.from_url(url)) as client:
+        return str(client.info("server").get("redis_version", "unknown"))
+
+
+def postgres_settings() -> dict[str, str]:
+    """The PostgreSQL settings that weigh most on commit latency and write throughput."""
+    from django.db import connection  # noqa: PLC0415
+
+    names = ("synchronous_commit", "fsync", "shared_buffers", "max_wal_size", "wal_sync_method")
+    found = {}
+    with connection.cursor() as cur:
+        for name in names:
+            cur.execute(f"SHOW {name}")
+            found[name] = str(cur.fetchone()[0])
+    return found

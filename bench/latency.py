@@ -316,7 +316,7 @@ def run(
     beat_interval: float,
     trickle_events: int,
     trickle_gap: float,
-    producers: int = 4,
+    producers: int = 6,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,7 @@ def render(results: dict[str, Any]) -> str:
         f"{m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB; Python {m['python']}, "
         f"Django {m['django']}, PostgreSQL {m['postgresql']}, ClickHouse {m['clickhouse']} "
         f"({results['settings']['clickhouse']})",
+        f"source {results.get('source', 'unknown')}; "
         f"load average (1 min) at the start of each section: {_loads(results)}",
     ]
     if "publish" in results:

@@ -128,11 +128,14 @@ def main() -> int:
     machine = harness.machine_info()
     machine["postgresql"] = harness.postgres_version()
     machine["clickhouse"] = probe.version()
+    machine["redis"] = harness.redis_version(bench.redis_url)
+    machine["postgresql_settings"] = harness.postgres_settings()
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(),
         "mode": "quick" if args.quick else "full",
         "sizes": asdict(sizes),
         "machine": machine,
+        "source": harness.source_revision(),
         "settings": {
             "default_batch_size": settings.EVENT_LOG["BATCH_SIZE"],
             "clickhouse": "embedded (chdb)" if bench.clickhouse_dir else "server",

@@ -7,7 +7,6 @@ The relay never builds these models row by row: its statements are in
 from __future__ import annotations
 
 import uuid
-from typing import ClassVar
 
 from django.db import models
 
@@ -23,23 +22,20 @@ class OutboxEvent(models.Model):
     # The pydantic JSON text, stored verbatim and shipped verbatim: no re-encoding.
     event_context = models.TextField()
     metadata_version = models.PositiveBigIntegerField(default=1)
+    # Deliberately in no index (not even a predicate): sealing a row is then a HOT
+    # update, with no index write. Rows of a batch are found by id range, on the
+    # primary key (see event_log.sql and the fillfactor in migration 0003).
     batch = models.ForeignKey(
-        "OutboxBatch", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False
+        "OutboxBatch",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
     )
 
     class Meta:
         db_table = "event_log_outbox"
-        indexes: ClassVar[list[models.Index]] = [
-            # The seal query walks unsealed rows in id order.
-            models.Index(
-                fields=["id"], name="event_log_outbox_unsealed", condition=models.Q(batch=None)
-            ),
-            models.Index(
-                fields=["batch"],
-                name="event_log_outbox_sealed",
-                condition=models.Q(batch__isnull=False),
-            ),
-        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
@@ -49,6 +45,9 @@ class OutboxBatch(models.Model):
     """A sealed batch: rows a relay owns until ``lease_until``, sent under one token."""
 
     id = models.UUIDField(primary_key=True)
+    # The batch's rows lie in [first_id, last_id] (with others that are not its own).
+    first_id = models.BigIntegerField()
+    last_id = models.BigIntegerField()
     lease_until = models.DateTimeField()
     attempts = models.PositiveIntegerField(default=1)
     sealed_at = models.DateTimeField()

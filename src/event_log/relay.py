@@ -48,7 +48,14 @@ class Batch:
 
     id: uuid.UUID
     attempts: int
+    first_id: int  # the batch's rows lie between these outbox ids
+    last_id: int
     block: bytes  # TabSeparated rows, in outbox id order
+
+    @property
+    def keys(self) -> dict[str, uuid.UUID | int]:
+        """The parameters that select the batch's rows (see event_log.sql)."""
+        return {"batch_id": self.id, "first_id": self.first_id, "last_id": self.last_id}
 
     @property
     def rows(self) -> int:
@@ -103,17 +110,27 @@ class Relay:
             cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease})
             taken = cur.fetchone()
             if taken is not None:
-                batch_id, attempts = taken
+                batch_id, attempts, first_id, last_id = taken
             else:
                 batch_id, attempts = uuid.uuid4(), 1
-                cur.execute(sql.SEAL_ROWS, {"batch_id": batch_id, "limit": self.config.BATCH_SIZE})
-                if cur.rowcount == 0:
+                cur.execute(
+                    sql.SEAL_BATCH,
+                    {"batch_id": batch_id, "limit": self.config.BATCH_SIZE, "lease": lease},
+                )
+                sealed = cur.fetchone()
+                if sealed is None:
                     return None
-                cur.execute(sql.INSERT_BATCH, {"batch_id": batch_id, "lease": lease})
-            statement = pgsql.SQL(sql.COPY_BATCH).format(batch_id=pgsql.Literal(batch_id))
+                first_id, last_id = sealed
+            statement = pgsql.SQL(sql.COPY_BATCH).format(
+                batch_id=pgsql.Literal(batch_id),
+                first_id=pgsql.Literal(first_id),
+                last_id=pgsql.Literal(last_id),
+            )
             with cur.copy(statement) as copy:
                 block = b"".join(copy)  # one chunk per row, joined once
-        return Batch(id=batch_id, attempts=attempts, block=block)
+        return Batch(
+            id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=block
+        )
 
     def write(self, batch: Batch) -> list[tuple[int, ClickHouseError]]:
         """Insert the batch; returns the positions of rows rejected for their data.
@@ -137,7 +154,7 @@ class Relay:
         """Delete the delivered batch; rejected rows go to the dead-letter table."""
         with transaction.atomic(), connection.cursor() as cur:
             if rejected:
-                cur.execute(sql.BATCH_ROW_IDS, {"batch_id": batch.id})
+                cur.execute(sql.BATCH_ROW_IDS, batch.keys)
                 ids = [row[0] for row in cur.fetchall()]
                 for position, error in rejected:
                     cur.execute(
@@ -150,13 +167,7 @@ class Relay:
                             "batch_id": batch.id,
                         },
                     )
-            cur.execute(sql.DELETE_BATCH_ROWS, {"batch_id": batch.id})
-            if cur.rowcount:  # not when a relay that outlived its lease comes second
-                cur.execute(
-                    sql.RECORD_DELIVERY,
-                    {"delivered": cur.rowcount, "dead_lettered": len(rejected)},
-                )
-            cur.execute(sql.DELETE_BATCH, {"batch_id": batch.id})
+            cur.execute(sql.FINISH_BATCH, {**batch.keys, "dead_lettered": len(rejected)})
 
     # -- the loop --------------------------------------------------------------
 

@@ -31,25 +31,29 @@ def insert_events_statement(count: int) -> str:
     return INSERT_EVENTS.format(rows=", ".join([EVENT_ROW] * count))
 
 
-# Seal, step 1: stamp up to N unsealed rows, oldest first, with a new batch id.
-# SKIP LOCKED lets any number of relays seal side by side without waiting.
-SEAL_ROWS = """
-UPDATE event_log_outbox AS o
-SET batch_id = %(batch_id)s
-FROM (
+# Seal: stamp up to N unsealed rows, oldest first, with a new batch id, and record
+# the batch with its lease and id range, in one statement. SKIP LOCKED lets any
+# number of relays seal side by side without waiting. batch_id is in no index, so
+# each row's UPDATE is a HOT update (no index writes).
+SEAL_BATCH = """
+WITH picked AS (
     SELECT id FROM event_log_outbox
     WHERE batch_id IS NULL
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-) AS picked
-WHERE o.id = picked.id
-"""
-
-# Seal, step 2 (same transaction): the batch and its lease.
-INSERT_BATCH = """
-INSERT INTO event_log_batch (id, lease_until, attempts, sealed_at, last_error)
-VALUES (%(batch_id)s, now() + make_interval(secs => %(lease)s), 1, now(), '')
+), sealed AS (
+    UPDATE event_log_outbox AS o
+    SET batch_id = %(batch_id)s
+    FROM picked
+    WHERE o.id = picked.id
+    RETURNING o.id
+)
+INSERT INTO event_log_batch (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
+SELECT %(batch_id)s, min(id), max(id), now() + make_interval(secs => %(lease)s), 1, now(), ''
+FROM sealed
+HAVING count(*) > 0
+RETURNING first_id, last_id
 """
 
 # Take over a sealed batch whose lease ran out (its relay died, or backs off).
@@ -63,37 +67,50 @@ WHERE id = (
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, attempts
+RETURNING id, attempts, first_id, last_id
 """
 
-# The batch's rows, always in id order, so every attempt sends the same block.
+# A batch's rows, found on the primary key by id range. Always in id order, so
+# every attempt sends the same block.
 COPY_BATCH = """
 COPY (
     SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
            event_context, metadata_version
     FROM event_log_outbox
-    WHERE batch_id = {batch_id}
+    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id}
     ORDER BY id
 ) TO STDOUT
 """
 
-BATCH_ROW_IDS = "SELECT id FROM event_log_outbox WHERE batch_id = %(batch_id)s ORDER BY id"
+BATCH_ROW_IDS = """
+SELECT id FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+ORDER BY id
+"""
 
-# After ClickHouse acknowledged the insert: the batch is done.
-DELETE_BATCH_ROWS = "DELETE FROM event_log_outbox WHERE batch_id = %(batch_id)s"
-DELETE_BATCH = "DELETE FROM event_log_batch WHERE id = %(batch_id)s"
-
-# Running totals, in the same transaction as the delete (so they are never off by a batch).
-RECORD_DELIVERY = """
-INSERT INTO event_log_relay_stats
-    (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
-VALUES (1, 1, %(delivered)s, %(dead_lettered)s, now())
-ON CONFLICT (id) DO UPDATE SET
-    batches_delivered = event_log_relay_stats.batches_delivered + 1,
-    events_delivered = event_log_relay_stats.events_delivered + EXCLUDED.events_delivered,
-    events_dead_lettered = event_log_relay_stats.events_dead_lettered
-        + EXCLUDED.events_dead_lettered,
-    last_delivered_at = now()
+# After ClickHouse acknowledged the insert, one statement: delete the rows, add to
+# the running totals (only rows this call deleted: a relay that outlived its
+# lease and comes second counts nothing) and delete the batch.
+FINISH_BATCH = """
+WITH deleted AS (
+    DELETE FROM event_log_outbox
+    WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+    RETURNING 1
+), counted AS (
+    INSERT INTO event_log_relay_stats
+        (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
+    SELECT 1, 1, count(*), %(dead_lettered)s, now() FROM deleted
+    HAVING count(*) > 0 OR %(dead_lettered)s > 0
+    ON CONFLICT (id) DO UPDATE SET
+        batches_delivered = event_log_relay_stats.batches_delivered + 1,
+        events_delivered = event_log_relay_stats.events_delivered + EXCLUDED.events_delivered,
+        events_dead_lettered = event_log_relay_stats.events_dead_lettered
+            + EXCLUDED.events_dead_lettered,
+        last_delivered_at = now()
+    RETURNING events_delivered
+)
+DELETE FROM event_log_batch WHERE id = %(batch_id)s
+RETURNING (SELECT count(*) FROM deleted)
 """
 
 # A transient failure: keep the batch sealed; nobody retries before the back-off ends.
