@@ -153,6 +153,10 @@ class Relay:
     def finish(self, batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
         """Delete the delivered batch; rejected rows go to the dead-letter table."""
         with transaction.atomic(), connection.cursor() as cur:
+            # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
+            # the batch comes back sealed and is re-sent under the same token, which
+            # ClickHouse drops. (The seal, by contrast, is a normal durable commit.)
+            cur.execute(sql.FINISH_WITHOUT_FSYNC)
             if rejected:
                 cur.execute(sql.BATCH_ROW_IDS, batch.keys)
                 ids = [row[0] for row in cur.fetchall()]

@@ -113,6 +113,8 @@ DELETE FROM event_log_batch WHERE id = %(batch_id)s
 RETURNING (SELECT count(*) FROM deleted)
 """
 
+FINISH_WITHOUT_FSYNC = "SET LOCAL synchronous_commit = off"
+
 # A transient failure: keep the batch sealed; nobody retries before the back-off ends.
 POSTPONE_BATCH = """
 UPDATE event_log_batch
