@@ -34,7 +34,6 @@ RESULTS = REPO / "bench" / "results"
 BENCH_REDIS_DB = 14
 BENCH_BROKER_DB = 15
 BENCH_CLICKHOUSE_DATABASE = "die_hard_bench"
-QUEUE = "celery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +45,8 @@ class BenchEnv:
     redis_url: str
     broker_url: str
     clickhouse_dir: Path | None
+    # The Celery queue and cache key prefix of this run: two runs at once stay apart.
+    queue: str
 
     def child_env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -72,6 +73,7 @@ def prepare_environment(*, database: str, clickhouse_dir: Path) -> BenchEnv:
     if str(SRC) not in sys.path:
         sys.path.insert(0, str(SRC))
 
+    run_id = f"{database}-{os.getpid()}"
     database_url = _with_path(os.environ["DATABASE_URL"], f"/{database}")
     configured_ch = os.environ.get("CLICKHOUSE_URL", "chdb:var/clickhouse")
     if configured_ch.startswith("chdb:"):
@@ -92,7 +94,8 @@ def prepare_environment(*, database: str, clickhouse_dir: Path) -> BenchEnv:
         CLICKHOUSE_URL=clickhouse_url,
         REDIS_URL=redis_url,
         CELERY_BROKER_URL=broker_url,
-        CACHE_KEY_PREFIX="die-hard-bench",
+        CACHE_KEY_PREFIX=f"die-hard-bench-{run_id}",
+        CELERY_QUEUE=f"die-hard-bench-{run_id}",
         # Production-like: DEBUG off (Django would otherwise keep every query it ran).
         DEBUG="false",
         EVENT_LOG_KICK="false",
@@ -110,6 +113,7 @@ def prepare_environment(*, database: str, clickhouse_dir: Path) -> BenchEnv:
         redis_url=redis_url,
         broker_url=broker_url,
         clickhouse_dir=ch_dir,
+        queue=f"die-hard-bench-{run_id}",
     )
 
 
@@ -352,7 +356,7 @@ def clear_redis(bench: BenchEnv) -> None:
 
     if bench.broker_url.startswith("redis"):
         with contextlib.closing(redis.Redis.from_url(bench.broker_url)) as broker:
-            broker.delete(QUEUE)
+            broker.delete(bench.queue)
     from django.core.cache import cache  # noqa: PLC0415
 
     cache.delete(KICK_PENDING_KEY)

@@ -268,7 +268,7 @@ def _phase(
         "--without-heartbeat",
         "--loglevel=INFO",
         "-Q",
-        "celery",
+        bench.queue,
     ]
     _set_kick(kick)
     try:

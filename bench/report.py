@@ -40,7 +40,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 add(
                     f"relay >= 80% of baseline, batch {c['batch_size']:,}, "
                     f"{c['workers']} relay{'s' if c['workers'] > 1 else ''}",
-                    f"{c['ratio']:.0%} ({c['relay_events_per_s']:,.0f} vs "
+                    f"{c['ratio']:.1%} ({c['relay_events_per_s']:,.0f} vs "
                     f"{c['baseline_events_per_s']:,.0f} ev/s)",
                     _status(c["ratio"] >= RELAY_VS_BASELINE_MIN),
                 )
@@ -172,7 +172,7 @@ def render(results: dict[str, Any]) -> str:
                     str(c["rounds"]),
                     f"{c['relay_events_per_s']:,.0f}",
                     f"{c['baseline_events_per_s']:,.0f}",
-                    f"{c['ratio']:.0%}",
+                    f"{c['ratio']:.1%}",
                     f"{relay['inserts']:,}",
                     f"{base['inserts']:,}",
                     "OK" if relay["exactly_once"] else "FAIL",

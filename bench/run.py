@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -98,7 +99,9 @@ def main() -> int:
         "--database", default="die_hard_bench", help="PostgreSQL database to (re)create"
     )
     parser.add_argument(
-        "--keep-data", action="store_true", help="keep the embedded ClickHouse folder"
+        "--keep-data",
+        action="store_true",
+        help="keep this run's folder under bench/results/ (logs, embedded ClickHouse data)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -109,9 +112,10 @@ def main() -> int:
 
     started_at = datetime.now(UTC)
     stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
-    workdir = harness.RESULTS / "work"
+    # A folder of this run's own (logs, Beat schedule, the embedded ClickHouse data),
+    # so that two runs at once never share an engine.
+    workdir = harness.RESULTS / f"work-{stamp}-{os.getpid()}"
     clickhouse_dir = workdir / "clickhouse"
-    shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
 
     def say(text: str) -> None:
@@ -200,6 +204,8 @@ def main() -> int:
         connections.close_all()
         if bench.clickhouse_dir is not None and not args.keep_data:
             shutil.rmtree(bench.clickhouse_dir, ignore_errors=True)
+    if not args.keep_data:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept, with its logs, when a section failed
 
     results["duration_s"] = time.perf_counter() - clock
     results["targets"] = report.targets(results)

@@ -1,5 +1,6 @@
-"""The docs tell the truth: every make target, variable, path, test and command they
-name exists, and the README's tables match the Makefile and the settings.
+"""The docs tell the truth: every make target, variable, path, test, command, SQL
+statement, constant and ``module.name`` reference they name exists, and the README's
+tables match the Makefile and the settings.
 
 No database is needed: these tests read files and run ``make help`` and
 ``manage.py`` commands that do not connect to anything.
@@ -33,6 +34,26 @@ TEST_NAME = re.compile(r"\btest_[a-z0-9_]+")
 ENV_READ = re.compile(
     r"os\.environ(?:\.get|\.setdefault)?[(\[]\s*[\"']([A-Z][A-Z0-9_]+)[\"']",
 )
+CONSTANT = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
+# Capitalised words in backticks that name nothing in the code: SQL and ClickHouse
+# vocabulary, log levels, the shell's PATH.
+NOT_CODE = {
+    "CHECK",
+    "CRITICAL",
+    "DELETE",
+    "ERROR",
+    "FINAL",
+    "INFO",
+    "INSERT",
+    "PATH",
+    "TOO_MANY_PARTS",
+    "UUID",
+    "VIOLATED_CONSTRAINT",
+    "WARNING",
+}
+FILE_NAME = re.compile(r"\.(?:lock|md|py|sh|sql|toml|txt|xml|ya?ml)$")
+DOTTED = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(\))?")
+TOOLING = ["Makefile", "Procfile", "docker-compose.yml", "scripts", "docker", ".github"]
 
 
 # -- reading the documents --------------------------------------------------------
@@ -222,6 +243,117 @@ def _manage_mentions() -> list[tuple[Path, list[str]]]:
     return mentions
 
 
+@functools.cache
+def _source_trees() -> dict[str, ast.Module]:
+    """Every Python file under src/ (tests included), parsed, by dotted module name."""
+    trees = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        trees[name] = ast.parse(_text(path))
+    return trees
+
+
+def _top_level_names(tree: ast.Module | ast.ClassDef) -> set[str]:
+    """Names a module or class body defines: functions, classes, assignments, imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        else:
+            names |= {
+                target.id
+                for target in ast.walk(node)
+                if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)
+            }
+    return names
+
+
+@functools.cache
+def _classes() -> dict[str, set[str]]:
+    """Class name → the names it defines or inherits from classes defined in src/."""
+    bodies: dict[str, tuple[set[str], list[str]]] = {}
+    for tree in _source_trees().values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = [
+                    base.id
+                    for base in (b.value if isinstance(b, ast.Subscript) else b for b in node.bases)
+                    if isinstance(base, ast.Name)
+                ]
+                bodies[node.name] = (_top_level_names(node), bases)
+
+    def members(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        own, bases = bodies[name]
+        inherited = [members(b, seen | {name}) for b in bases if b in bodies and b not in seen]
+        return own.union(*inherited)
+
+    return {name: members(name) for name in bodies}
+
+
+@functools.cache
+def _string_literals() -> set[str]:
+    return {
+        node.value
+        for tree in _source_trees().values()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+
+
+@functools.cache
+def _defined_constants() -> set[str]:
+    """Capitalised names the code defines or reads, and the words of the tooling files."""
+    names = set(_string_literals())
+    for tree in _source_trees().values():
+        names |= {
+            node.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+        }
+    for entry in TOOLING:
+        path = ROOT / entry
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            names |= set(CONSTANT.findall(file.read_text(encoding="utf-8", errors="replace")))
+    return names
+
+
+def _resolves(reference: str) -> bool | None:
+    """Whether ``a.b.c`` names something in src/; None when it does not look like code."""
+    parts = reference.split(".")
+    classes = _classes()
+    if parts[0] in classes:
+        return len(parts) == 2 and parts[1] in classes[parts[0]]
+    modules = _source_trees()
+    for cut in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:cut])
+        found = [name for name in modules if name == prefix or name.endswith("." + prefix)]
+        if len(found) != 1:
+            continue
+        rest = parts[cut:]
+        if not rest:
+            return True
+        if rest[0] not in _top_level_names(modules[found[0]]):
+            return False
+        return len(rest) == 1 or (rest[0] in classes and rest[1] in classes[rest[0]])
+    return None
+
+
+def _inline_code() -> list[tuple[Path, str]]:
+    """Every inline code span of the documents, and the words with an underscore in
+    their Mermaid diagrams (which name statements and settings)."""
+    spans = []
+    for document in DOCUMENTS:
+        text = _text(document)
+        spans += [(document, span.strip()) for span in _split_code(text)[1]]
+        for diagram in re.findall(r"^```mermaid\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+            spans += [(document, word) for word in re.findall(r"\b[A-Z]\w*_\w+\b", diagram)]
+    return spans
+
+
 # -- make ---------------------------------------------------------------------------
 
 
@@ -386,3 +518,37 @@ def test_every_option_the_docs_give_a_manage_py_command_exists(command):
         text = _manage_help(command, *sub)
         missing = [option for option in options if option not in text]
         assert not missing, f"{document.name}: manage.py {' '.join(words)}: unknown {missing}"
+
+
+# -- names of code ----------------------------------------------------------------------
+
+
+def test_every_capitalised_name_the_docs_give_is_defined_in_the_code():
+    """SQL statements, settings, constants and variables: a renamed one fails here."""
+    defined = _defined_constants() | NOT_CODE
+    unknown = sorted(
+        {
+            f"{document.relative_to(ROOT)}: {span}"
+            for document, span in _inline_code()
+            if CONSTANT.fullmatch(span) and span not in defined
+        }
+    )
+    assert not unknown, "names that nothing defines:\n" + "\n".join(unknown)
+
+
+def test_every_dotted_reference_to_the_code_resolves():
+    """``Relay.finish``, ``sql.STATUS``, ``event_log.tasks.relay_outbox`` … exist."""
+    literals = _string_literals()
+    unknown = []
+    for document, span in _inline_code():
+        match = DOTTED.fullmatch(span)
+        if not match or FILE_NAME.search(span) or _resolves(match.group(1)) is not False:
+            continue
+        parts = match.group(1).split(".")
+        if parts[0] not in _classes() and (
+            match.group(1) in literals  # a Sentry tag, span op or check id
+            or all(part in literals for part in parts)  # a key path of JSON the code produces
+        ):
+            continue
+        unknown.append(f"{document.relative_to(ROOT)}: {span}")
+    assert not unknown, "references to code that does not exist:\n" + "\n".join(unknown)

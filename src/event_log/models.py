@@ -24,7 +24,7 @@ class OutboxEvent(models.Model):
     metadata_version = models.PositiveBigIntegerField(default=1)
     # Deliberately in no index (not even a predicate): sealing a row is then a HOT
     # update, with no index write. Rows of a batch are found by id range, on the
-    # primary key (see event_log.sql and the fillfactor in migration 0003).
+    # primary key (see event_log.sql and the fillfactor in migration 0001).
     batch = models.ForeignKey(
         "OutboxBatch",
         null=True,
