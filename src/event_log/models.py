@@ -92,6 +92,8 @@ class RelayStats(models.Model):
     numbers whichever process or machine the relays run on.
     """
 
+    # Several rows ("slots"), summed when read: concurrent relays add to different
+    # rows instead of queueing on one.
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     batches_delivered = models.PositiveBigIntegerField(default=0)
     events_delivered = models.PositiveBigIntegerField(default=0)

@@ -43,11 +43,12 @@ WITH picked AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), sealed AS (
-    UPDATE event_log_outbox AS o
+    -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
+    -- "picked" was planned as a hash join over the whole table.
+    UPDATE event_log_outbox
     SET batch_id = %(batch_id)s
-    FROM picked
-    WHERE o.id = picked.id
-    RETURNING o.id
+    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING id
 )
 INSERT INTO event_log_batch (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
 SELECT %(batch_id)s, min(id), max(id), now() + make_interval(secs => %(lease)s), 1, now(), ''
@@ -99,7 +100,7 @@ WITH deleted AS (
 ), counted AS (
     INSERT INTO event_log_relay_stats
         (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
-    SELECT 1, 1, count(*), %(dead_lettered)s, now() FROM deleted
+    SELECT pg_backend_pid() %% 16, 1, count(*), %(dead_lettered)s, now() FROM deleted
     HAVING count(*) > 0 OR %(dead_lettered)s > 0
     ON CONFLICT (id) DO UPDATE SET
         batches_delivered = event_log_relay_stats.batches_delivered + 1,
@@ -157,6 +158,11 @@ SELECT
     (SELECT count(*) FROM event_log_dead_letter) AS dead_letters,
     stats.batches_delivered, stats.events_delivered, stats.events_dead_lettered,
     stats.last_delivered_at
-FROM (SELECT 1) AS one
-LEFT JOIN event_log_relay_stats AS stats ON stats.id = 1
+FROM (
+    SELECT sum(batches_delivered)::bigint AS batches_delivered,
+           sum(events_delivered)::bigint AS events_delivered,
+           sum(events_dead_lettered)::bigint AS events_dead_lettered,
+           max(last_delivered_at) AS last_delivered_at
+    FROM event_log_relay_stats
+) AS stats
 """

@@ -95,7 +95,7 @@ class Migration(migrations.Migration):
         # A queue table: room on each page so that sealing (an UPDATE of a column in
         # no index) stays a HOT update, and vacuum soon after rows are deleted.
         migrations.RunSQL(
-            "ALTER TABLE event_log_outbox SET (fillfactor = 80, "
+            "ALTER TABLE event_log_outbox SET (fillfactor = 50, "
             "autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01)",
             reverse_sql="ALTER TABLE event_log_outbox RESET (fillfactor, "
             "autovacuum_vacuum_scale_factor, autovacuum_vacuum_insert_scale_factor)",
