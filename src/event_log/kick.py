@@ -5,10 +5,16 @@ started yet". A commit that finds the flag set does nothing: the queued run
 starts after that commit and will see its events. The relay task clears the
 flag when it *starts*, so a commit during a run queues the next one. However
 many transactions commit, at most one kick waits in the queue at a time.
+
+The commit itself only sets a flag for a background thread of the process
+(:func:`kick_on_commit`); that thread talks to Redis and the broker, so a slow or
+absent Redis never adds to a request's time.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import structlog
@@ -88,5 +94,47 @@ def relay_run_on_commit(using: str) -> None:
 
 
 def kick_on_commit() -> None:
-    """The callback registered with ``transaction.on_commit``."""
-    request_relay_run()
+    """The callback registered with ``transaction.on_commit``: hands the kick to a
+    background thread, so that the request pays nothing for Redis or the broker."""
+    if event_log_settings().KICK_ENABLED:
+        _KICKER.wake()
+
+
+class _Kicker:
+    """One daemon thread per process that sends kicks; wake-ups while it works coalesce.
+
+    Started lazily, and again in a forked child (gunicorn, Celery prefork), where the
+    parent's thread does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def wake(self) -> None:
+        if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+            self._start()
+        self._wanted.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+                return
+            self._wanted = threading.Event()
+            self._thread = threading.Thread(target=self._loop, name="event-log-kicker", daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                request_relay_run()
+            except Exception as exc:  # pragma: no cover - request_relay_run catches its own
+                logger.warning("relay_kick_failed", error=str(exc))
+
+
+_KICKER = _Kicker()

@@ -40,15 +40,14 @@ class CreateUser(UseCase[CreateUserRequest, CreateUserResponse]):
 
     def handle(self, request: CreateUserRequest) -> CreateUserResponse:
         email = User.objects.normalize_email(request.email)
-        if User.objects.filter(email__iexact=email).exists():
-            return CreateUserResponse(error=DUPLICATE_EMAIL)
         try:
+            # The unique constraints (on the address and on its lower case) decide,
+            # which also settles two concurrent requests for one address.
             with transaction.atomic():
                 user = User.objects.create_user(
                     email=email, first_name=request.first_name, last_name=request.last_name
                 )
         except IntegrityError:
-            # A concurrent request won the race for this address.
             return CreateUserResponse(error=DUPLICATE_EMAIL)
         publish(
             UserCreated(
