@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import structlog
 from django.core.cache import cache
@@ -97,7 +98,7 @@ def kick_on_commit() -> None:
     """The callback registered with ``transaction.on_commit``: hands the kick to a
     background thread, so that the request pays nothing for Redis or the broker."""
     if event_log_settings().KICK_ENABLED:
-        _KICKER.wake()
+        _KICKER.wake(structlog.contextvars.get_contextvars())
 
 
 class _Kicker:
@@ -112,10 +113,13 @@ class _Kicker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        # The log context (request id, …) of the latest commit, carried into the task.
+        self._context: dict[str, Any] = {}
 
-    def wake(self) -> None:
+    def wake(self, context: dict[str, Any]) -> None:
         if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
             self._start()
+        self._context = context
         self._wanted.set()
 
     def _start(self) -> None:
@@ -132,7 +136,8 @@ class _Kicker:
             self._wanted.wait()
             self._wanted.clear()
             try:
-                request_relay_run()
+                with structlog.contextvars.bound_contextvars(**self._context):
+                    request_relay_run()
             except Exception as exc:  # pragma: no cover - request_relay_run catches its own
                 logger.warning("relay_kick_failed", error=str(exc))
 
