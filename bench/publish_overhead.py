@@ -9,13 +9,12 @@ until after it commits:
   outbox in the same transaction);
 - ``direct``: the user plus the old way, a synchronous INSERT of the event row
   into ClickHouse from inside the request (kept here only as the baseline);
-- ``use_case``: the whole ``CreateUser`` use case (its duplicate-email check,
-  savepoint and ``publish()``), for reference;
-- ``outbox_kick``: ``outbox`` with the on-commit kick on, as in production: a
-  Redis round trip after each commit (no worker consumes the queued run here,
-  so the debounce flag stays set and the commit pays one ``SET NX``);
+- ``use_case``: the whole ``CreateUser`` use case (its savepoint, the user
+  insert and ``publish()``), for reference;
+- ``outbox_kick``: ``outbox`` with the on-commit kick on, as in production: the
+  commit wakes the process's kick thread, which does the Redis round trip;
 - ``outbox_quiet``: ``outbox`` with the ``event_log.publisher`` logger raised
-  to WARNING, to show what ``publish()``'s INFO log line costs.
+  to WARNING, to show what ``publish()``'s (DEBUG, so filtered) log call costs.
 
 Logging is as deployed (JSON lines at INFO, written to a file).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-# Targets of issue 8.
+# The performance targets (docs/performance.md).
 RELAY_VS_BASELINE_MIN = 0.80
 RELAY_TARGET_MIN_BATCH = 1_000
 OUTBOX_ADDED_MAX_MS = 0.2

@@ -88,7 +88,7 @@ QUICK = Sizes(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--full", action="store_true", help="the sizes of issue 8 (default)")
+    mode.add_argument("--full", action="store_true", help="the full sizes (default)")
     mode.add_argument("--quick", action="store_true", help="small sizes, a minute or two")
     parser.add_argument(
         "--only",

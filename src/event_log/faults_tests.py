@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from django.db import connection
 from structlog.testing import capture_logs
 
 from conftest import assert_exactly_once, publish_pings, unused_port, wait_until
+from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
@@ -389,3 +391,24 @@ def test_api_never_touches_clickhouse(client, settings, db):
 
     assert response.status_code == 201
     assert OutboxEvent.objects.count() == 1
+
+
+def test_a_resent_batch_whose_token_clickhouse_kept_without_its_rows_is_completed(ch):
+    """What an engine that died mid-INSERT can leave: the token remembered, rows gone."""
+    published = publish_pings(300)
+    batch = Relay(config=fast_config(BATCH_SIZE=1_000)).claim()
+    assert batch is not None
+    with clickhouse.client(ch.url) as client:
+        # Same partition (month) as the batch: ClickHouse keys the token by partition.
+        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        stray = f"{uuid.uuid4()}\tstray\t{now}\ttest\t{{}}\t1\n".encode()
+        clickhouse.insert_tsv(client, table=ch.table, block=stray, token=str(batch.id))
+        client.command(f"DELETE FROM {ch.table} WHERE event_type = 'stray'")
+    OutboxBatch.objects.update(lease_until=time_ago(1))
+
+    with capture_logs() as logs:
+        report = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
+
+    assert report.delivered == 300
+    assert any(log["event"] == "outbox_batch_rows_missing" for log in logs)
+    assert_exactly_once(ch, published)

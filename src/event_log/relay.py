@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from typing import Any
 
 import sentry_sdk
@@ -148,7 +149,60 @@ class Relay:
             if error.transient:
                 raise
             return self._isolate(ch, batch, error)
+        if batch.attempts > 1:
+            self._complete_resent(ch, batch)
         return []
+
+    def _complete_resent(self, ch: Client, batch: Batch) -> None:
+        """A re-sent batch: check that ClickHouse really holds every row.
+
+        ClickHouse drops a re-sent block whose token it remembers. A ClickHouse
+        process that died in the middle of the first INSERT (the embedded engine
+        dies with its relay) can remember the token without having kept the rows.
+        Rows found missing are sent again under a token of this attempt: they are
+        verifiably absent, so this adds no duplicate, and a crash here leaves the
+        next attempt to check again.
+        """
+        with connection.cursor() as cur:
+            cur.execute(sql.BATCH_EVENT_RANGE, batch.keys)
+            event_types, first_at, last_at = cur.fetchone()
+            cur.execute(sql.BATCH_EVENT_IDS, batch.keys)
+            expected = {row[0] for row in cur.fetchall()}
+        # Naive UTC, widened: the bounds only narrow the scan to the sorting key.
+        margin = timedelta(minutes=1)
+        first_at = first_at.astimezone(UTC).replace(tzinfo=None) - margin
+        last_at = last_at.astimezone(UTC).replace(tzinfo=None) + margin
+        stored = {
+            row[0]
+            for row in ch.query(
+                sql.STORED_EVENT_IDS.format(table=self.config.CLICKHOUSE_TABLE),
+                parameters={
+                    "types": tuple(event_types),
+                    "first_at": first_at,
+                    "last_at": last_at,
+                    "ids": tuple(expected),
+                },
+            ).result_rows
+        }
+        missing = expected - stored
+        if not missing:
+            return
+        logger.warning("outbox_batch_rows_missing", batch_id=str(batch.id), missing=len(missing))
+        with connection.cursor() as cur:
+            statement = pgsql.SQL(sql.COPY_BATCH_EVENTS).format(
+                batch_id=pgsql.Literal(batch.id),
+                first_id=pgsql.Literal(batch.first_id),
+                last_id=pgsql.Literal(batch.last_id),
+                event_ids=pgsql.Literal(list(missing)),
+            )
+            with cur.copy(statement) as copy:
+                block = b"".join(copy)
+        clickhouse.insert_tsv(
+            ch,
+            table=self.config.CLICKHOUSE_TABLE,
+            block=block,
+            token=f"{batch.id}:attempt-{batch.attempts}",
+        )
 
     def finish(self, batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
         """Delete the delivered batch; rejected rows go to the dead-letter table."""

@@ -83,6 +83,37 @@ COPY (
 ) TO STDOUT
 """
 
+# Checking a re-sent batch (Relay._complete_resent): what it holds, and what
+# ClickHouse has of it, looked up through the table's sorting key.
+BATCH_EVENT_RANGE = """
+SELECT array_agg(DISTINCT event_type), min(event_date_time), max(event_date_time)
+FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+"""
+
+BATCH_EVENT_IDS = """
+SELECT event_id FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+"""
+
+STORED_EVENT_IDS = """
+SELECT event_id FROM {table}
+WHERE event_type IN %(types)s
+  AND event_date_time BETWEEN %(first_at)s AND %(last_at)s
+  AND event_id IN %(ids)s
+"""
+
+COPY_BATCH_EVENTS = """
+COPY (
+    SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
+           event_context, metadata_version
+    FROM event_log_outbox
+    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id}
+      AND event_id = ANY({event_ids}::uuid[])
+    ORDER BY id
+) TO STDOUT
+"""
+
 BATCH_ROW_IDS = """
 SELECT id FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
