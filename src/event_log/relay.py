@@ -141,6 +141,20 @@ class Relay:
         if not batch.block:
             return []
         ch = self.connect_clickhouse()
+        if batch.attempts > 1:
+            stored, expected = self._stored_rows(ch, batch)
+            if stored == expected:
+                return []  # the earlier attempt's INSERT landed
+            if stored:
+                try:
+                    self._send_missing(ch, batch, expected - stored)
+                except ClickHouseError as error:
+                    if error.transient:
+                        raise
+                    # Poison among the missing rows: bisect the whole batch, as the
+                    # first attempt did (its sub-batch tokens deduplicate what landed).
+                else:
+                    return []
         try:
             clickhouse.insert_tsv(
                 ch, table=self.config.CLICKHOUSE_TABLE, block=batch.block, token=str(batch.id)
@@ -150,43 +164,43 @@ class Relay:
                 raise
             return self._isolate(ch, batch, error)
         if batch.attempts > 1:
-            self._complete_resent(ch, batch)
+            stored, expected = self._stored_rows(ch, batch)
+            if stored != expected:
+                self._send_missing(ch, batch, expected - stored)
         return []
 
-    def _complete_resent(self, ch: Client, batch: Batch) -> None:
-        """A re-sent batch: check that ClickHouse really holds every row.
+    def _stored_rows(self, ch: Client, batch: Batch) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+        """For a re-sent batch: which of its event ids ClickHouse holds, and all of them.
 
-        ClickHouse drops a re-sent block whose token it remembers. A ClickHouse
-        process that died in the middle of the first INSERT (the embedded engine
-        dies with its relay) can remember the token without having kept the rows.
-        Rows found missing are sent again under a token of this attempt: they are
-        verifiably absent, so this adds no duplicate, and a crash here leaves the
-        next attempt to check again.
+        The token alone cannot answer this. A ClickHouse process that died in the
+        middle of an INSERT (the embedded engine dies with its relay) can come back
+        remembering the token without the rows, which a plain re-send would then
+        lose; or holding the rows without the token, which a plain re-send would
+        then duplicate. Looking the ids up (through the table's sorting key) settles
+        both; first attempts, the common case, skip it.
         """
         with connection.cursor() as cur:
             cur.execute(sql.BATCH_EVENT_RANGE, batch.keys)
             event_types, first_at, last_at = cur.fetchone()
             cur.execute(sql.BATCH_EVENT_IDS, batch.keys)
             expected = {row[0] for row in cur.fetchall()}
+        if not expected:
+            return set(), expected
         # Naive UTC, widened: the bounds only narrow the scan to the sorting key.
         margin = timedelta(minutes=1)
-        first_at = first_at.astimezone(UTC).replace(tzinfo=None) - margin
-        last_at = last_at.astimezone(UTC).replace(tzinfo=None) + margin
-        stored = {
-            row[0]
-            for row in ch.query(
-                sql.STORED_EVENT_IDS.format(table=self.config.CLICKHOUSE_TABLE),
-                parameters={
-                    "types": tuple(event_types),
-                    "first_at": first_at,
-                    "last_at": last_at,
-                    "ids": tuple(expected),
-                },
-            ).result_rows
-        }
-        missing = expected - stored
-        if not missing:
-            return
+        result = ch.query(
+            sql.STORED_EVENT_IDS.format(table=self.config.CLICKHOUSE_TABLE),
+            parameters={
+                "types": tuple(event_types),
+                "first_at": first_at.astimezone(UTC).replace(tzinfo=None) - margin,
+                "last_at": last_at.astimezone(UTC).replace(tzinfo=None) + margin,
+                "ids": tuple(expected),
+            },
+        )
+        return {row[0] for row in result.result_rows} & expected, expected
+
+    def _send_missing(self, ch: Client, batch: Batch, missing: set[uuid.UUID]) -> None:
+        """Send rows verifiably absent from ClickHouse, under a token of this attempt."""
         logger.warning("outbox_batch_rows_missing", batch_id=str(batch.id), missing=len(missing))
         with connection.cursor() as cur:
             statement = pgsql.SQL(sql.COPY_BATCH_EVENTS).format(
