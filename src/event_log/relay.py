@@ -23,7 +23,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -122,16 +122,10 @@ class Relay:
                 if sealed is None:
                     return None
                 first_id, last_id = sealed
-            statement = pgsql.SQL(sql.COPY_BATCH).format(
-                batch_id=pgsql.Literal(batch_id),
-                first_id=pgsql.Literal(first_id),
-                last_id=pgsql.Literal(last_id),
+            batch = Batch(
+                id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=b""
             )
-            with cur.copy(statement) as copy:
-                block = b"".join(copy)  # one chunk per row, joined once
-        return Batch(
-            id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=block
-        )
+            return replace(batch, block=_copy_rows(cur, batch))
 
     def write(self, batch: Batch) -> list[tuple[int, ClickHouseError]]:
         """Insert the batch; returns the positions of rows rejected for their data.
@@ -203,14 +197,7 @@ class Relay:
         """Send rows verifiably absent from ClickHouse, under a token of this attempt."""
         logger.warning("outbox_batch_rows_missing", batch_id=str(batch.id), missing=len(missing))
         with connection.cursor() as cur:
-            statement = pgsql.SQL(sql.COPY_BATCH_EVENTS).format(
-                batch_id=pgsql.Literal(batch.id),
-                first_id=pgsql.Literal(batch.first_id),
-                last_id=pgsql.Literal(batch.last_id),
-                event_ids=pgsql.Literal(list(missing)),
-            )
-            with cur.copy(statement) as copy:
-                block = b"".join(copy)
+            block = _copy_rows(cur, batch, only=missing)
         clickhouse.insert_tsv(
             ch,
             table=self.config.CLICKHOUSE_TABLE,
@@ -447,6 +434,20 @@ class Relay:
     def close(self) -> None:
         """Close the ClickHouse client (the embedded engine can then be opened elsewhere)."""
         self._drop_client()
+
+
+def _copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> bytes:
+    """The batch's rows (or those of ``only``) as TabSeparated text, in id order."""
+    statement = pgsql.SQL(sql.COPY_BATCH).format(
+        batch_id=pgsql.Literal(batch.id),
+        first_id=pgsql.Literal(batch.first_id),
+        last_id=pgsql.Literal(batch.last_id),
+        only=pgsql.SQL(sql.ONLY_EVENTS).format(event_ids=pgsql.Literal(list(only)))
+        if only
+        else pgsql.SQL(""),
+    )
+    with cur.copy(statement) as copy:
+        return b"".join(copy)  # one chunk per row, joined once
 
 
 def _trace(op: str, name: str) -> Any:

@@ -78,10 +78,12 @@ COPY (
     SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
            event_context, metadata_version
     FROM event_log_outbox
-    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id}
+    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id} {only}
     ORDER BY id
 ) TO STDOUT
 """
+# COPY_BATCH's {only}: nothing, or ONLY_EVENTS for part of a batch.
+ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
 
 # Checking a re-sent batch (Relay._complete_resent): what it holds, and what
 # ClickHouse has of it, looked up through the table's sorting key.
@@ -101,17 +103,6 @@ SELECT event_id FROM {table}
 WHERE event_type IN %(types)s
   AND event_date_time BETWEEN %(first_at)s AND %(last_at)s
   AND event_id IN %(ids)s
-"""
-
-COPY_BATCH_EVENTS = """
-COPY (
-    SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
-           event_context, metadata_version
-    FROM event_log_outbox
-    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id}
-      AND event_id = ANY({event_ids}::uuid[])
-    ORDER BY id
-) TO STDOUT
 """
 
 BATCH_ROW_IDS = """
