@@ -6,12 +6,14 @@ server when CLICKHOUSE_URL points at one) and helpers to run relay processes.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,31 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.05) -> flo
             return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+WORKER = ("worker", "--pool=solo", "--without-mingle", "--without-gossip", "--loglevel=INFO")
+
+
+def celery_argv(*args: str) -> list[str]:
+    """The command line of a Celery worker or Beat of this project."""
+    return [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args]
+
+
+@contextmanager
+def running(
+    argv: list[str], *, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process writing to ``log``, stopped with SIGTERM (then SIGKILL) on exit."""
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT) as proc,
+    ):
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -14,10 +14,11 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_manage
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
@@ -210,18 +211,10 @@ def _test_functions() -> dict[str, set[str]]:
 
 
 def _manage(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if "ENV_FILE" not in env and not (SRC / "core" / ".env").is_file():
-        env["ENV_FILE"] = str(SRC / "core" / ".env.ci")
-    return subprocess.run(
-        [sys.executable, str(SRC / "manage.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env_file = None
+    if "ENV_FILE" not in os.environ and not (SRC / "core" / ".env").is_file():
+        env_file = str(SRC / "core" / ".env.ci")
+    return run_manage(*args, env={"ENV_FILE": env_file} if env_file else {})
 
 
 @functools.cache

@@ -17,8 +17,6 @@ from django.core.exceptions import ImproperlyConfigured
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).resolve().parent / ".env"
 
-env = environ.Env()
-
 
 def load_env_file() -> None:
     """Load ``ENV_FILE`` (default ``src/core/.env``) without overriding real variables."""

@@ -3,8 +3,6 @@
 import gzip
 import http.server
 import json
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +19,7 @@ from django.db import transaction
 from prometheus_client.parser import text_string_to_metric_families
 from sentry_sdk.transport import Transport
 
-from conftest import RUN_ID, Ping, unused_port, wait_until
+from conftest import RUN_ID, WORKER, Ping, celery_argv, running, unused_port, wait_until
 from event_log import publish
 from event_log.kick import KICK_PENDING_KEY
 from event_log.models import OutboxEvent
@@ -62,60 +60,22 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
     cache.delete(KICK_PENDING_KEY)
     port = unused_port()
     web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
-    with web_log.open("wb") as web_out, worker_log.open("wb") as worker_out:
-        web = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "core.wsgi:application",
-                "--chdir",
-                str(SRC),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=web_out,
-            stderr=subprocess.STDOUT,
+    gunicorn = [sys.executable, "-m", "gunicorn", "core.wsgi:application", "--chdir", str(SRC)]
+    with (
+        running([*gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "1"], env=env, log=web_log),
+        running(celery_argv(*WORKER), env=env, log=worker_log),
+    ):
+        wait_until(lambda: b"ready" in worker_log.read_bytes(), timeout=60)
+        wait_until(lambda: b"Listening at" in web_log.read_bytes(), timeout=60)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/users",
+            data=json.dumps({"email": "ada@example.com"}).encode(),
+            headers={"Content-Type": "application/json", "X-Request-ID": "req-7f3a9c"},
         )
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "--workdir",
-                str(SRC),
-                "-A",
-                "core",
-                "worker",
-                "--pool=solo",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel=INFO",
-            ],
-            env=env,
-            stdout=worker_out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_until(lambda: b"ready" in worker_log.read_bytes(), timeout=60)
-            wait_until(lambda: b"Listening at" in web_log.read_bytes(), timeout=60)
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/users",
-                data=json.dumps({"email": "ada@example.com"}).encode(),
-                headers={"Content-Type": "application/json", "X-Request-ID": "req-7f3a9c"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 201
-                assert response.headers["X-Request-ID"] == "req-7f3a9c"
-            wait_until(lambda: not OutboxEvent.objects.exists(), timeout=60)
-        finally:
-            for proc in (web, worker):
-                proc.send_signal(signal.SIGTERM)
-            for proc in (web, worker):
-                proc.wait(30)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 201
+            assert response.headers["X-Request-ID"] == "req-7f3a9c"
+        wait_until(lambda: not OutboxEvent.objects.exists(), timeout=60)
     broker.delete(RUN_ID)
     broker.close()
 
@@ -349,17 +309,6 @@ def test_beat_relay_runs_are_monitored_as_sentry_crons(ch, process_env, tmp_path
         "EVENT_LOG_KICK": "false",
         "EVENT_LOG_RELAY_INTERVAL": "0.5",
     }
-    worker_args = ["worker", "--pool=solo", "--without-mingle", "--without-gossip"]
-    beat_args = ["beat", "--schedule", str(tmp_path / "beat-schedule")]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for args in (worker_args, beat_args)
-    ]
 
     def check_ins() -> list[dict]:
         found = []
@@ -374,14 +323,20 @@ def test_beat_relay_runs_are_monitored_as_sentry_crons(ch, process_env, tmp_path
         return found
 
     try:
-        wait_until(
-            lambda: any(c.get("status") == "ok" for c in check_ins()), timeout=150, interval=0.2
-        )
+        with (
+            running(celery_argv(*WORKER), env=env, log=tmp_path / "worker.log"),
+            running(
+                celery_argv("beat", "--schedule", str(tmp_path / "beat-schedule")),
+                env=env,
+                log=tmp_path / "beat.log",
+            ),
+        ):
+            wait_until(
+                lambda: any(c.get("status") == "ok" for c in check_ins()),
+                timeout=150,
+                interval=0.2,
+            )
     finally:
-        for proc in processes:
-            proc.send_signal(signal.SIGTERM)
-        for proc in processes:
-            proc.wait(30)
         server.shutdown()
         server.server_close()
 

@@ -224,7 +224,6 @@ def test_event_date_time_is_publish_time_to_the_microsecond(ch):
     with transaction.atomic():
         [event_id] = publish(Ping(n=1))
     published_at = OutboxEvent.objects.get(event_id=event_id).event_date_time
-    assert published_at.microsecond == published_at.microsecond  # stored with microseconds
     assert datetime.now(UTC) >= published_at
 
     run_relay()

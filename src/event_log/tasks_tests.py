@@ -1,11 +1,7 @@
 """End to end through a real Celery worker and Beat over the real Redis broker."""
 
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +9,7 @@ import redis
 from django.conf import settings as django_settings
 from django.db import transaction
 
-from conftest import RUN_ID, Ping, unused_port, wait_until
+from conftest import RUN_ID, WORKER, Ping, celery_argv, running, unused_port, wait_until
 from event_log import kick, publish
 from event_log.kick import KICK_PENDING_KEY, KICK_PENDING_TTL, kicks_paused, request_relay_run
 from event_log.models import OutboxEvent
@@ -45,31 +41,6 @@ def kicks_on(settings):
     yield
     kick._paused_until = 0.0
     kick._clear_flag()  # tolerates a test that took the cache away
-
-
-@contextmanager
-def celery(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with (
-        log.open("wb") as out,
-        subprocess.Popen(
-            [sys.executable, "-m", "celery", "--workdir", str(SRC), "-A", "core", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        ) as proc,
-    ):
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-WORKER = ("worker", "--pool=solo", "--without-mingle", "--without-gossip", "--loglevel=INFO")
 
 
 def wait_for_log(log: Path, text: str, *, timeout: float = 60) -> None:
@@ -107,7 +78,7 @@ def test_on_commit_kick_delivers_well_before_the_next_beat_tick(
 ):
     env = {**process_env, "EVENT_LOG_KICK": "true", "EVENT_LOG_RELAY_INTERVAL": "600"}
     log = tmp_path / "worker.log"
-    with celery(*WORKER, env=env, log=log):
+    with running(celery_argv(*WORKER), env=env, log=log):
         wait_for_log(log, "ready")
         # Warm the worker's ClickHouse client so the timing below is the kick's alone.
         with transaction.atomic():
@@ -127,12 +98,9 @@ def test_worker_and_beat_deliver_with_nobody_calling_the_relay(broker, ch, proce
     env = {**process_env, "EVENT_LOG_KICK": "false", "EVENT_LOG_RELAY_INTERVAL": "0.5"}
     schedule = tmp_path / "beat-schedule"
     with (
-        celery(*WORKER, env=env, log=tmp_path / "worker.log"),
-        celery(
-            "beat",
-            "--schedule",
-            str(schedule),
-            "--loglevel=INFO",
+        running(celery_argv(*WORKER), env=env, log=tmp_path / "worker.log"),
+        running(
+            celery_argv("beat", "--schedule", str(schedule), "--loglevel=INFO"),
             env=env,
             log=tmp_path / "beat.log",
         ),
