@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -85,10 +86,11 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
             )
     relay_run_on_commit(using)
     EVENTS_PUBLISHED.inc(len(events))
-    logger.debug(
-        "outbox_events_published",
-        events=len(events),
-        event_types=sorted({event.event_type for event in events}),
-        event_ids=[str(event_id) for event_id in event_ids[:20]],
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "outbox_events_published",
+            events=len(events),
+            event_types=sorted({event.event_type for event in events}),
+            event_ids=[str(event_id) for event_id in event_ids[:20]],
+        )
     return event_ids

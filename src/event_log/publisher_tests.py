@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from event_log import Event, publish
@@ -96,6 +96,15 @@ def test_a_serialization_error_rolls_back_the_business_transaction():
     with pytest.raises(EventSerializationError), transaction.atomic():
         publish(ThingHappened(thing_id=1))
         publish(Opaque(payload={1, 2, object()}))
+
+    assert OutboxEvent.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_value_the_database_refuses_raises_django_s_error_and_writes_nothing(settings):
+    settings.ENVIRONMENT = "e" * 65  # the column holds 64 characters
+    with pytest.raises(DataError, match="too long"), transaction.atomic():
+        publish(ThingHappened(thing_id=1))
 
     assert OutboxEvent.objects.count() == 0
 
