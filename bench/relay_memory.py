@@ -4,8 +4,12 @@ Started by ``bench/run.py`` with the bench's environment (databases, settings).
 It owns the embedded ClickHouse engine for its lifetime, like a relay process in
 production, and prints one JSON document on its last line of output.
 
-RSS comes from ``/proc/self/status`` (``VmRSS``; ``VmHWM`` is the kernel's own
-peak), read every ``--sample-every`` batches between ``Relay.run()`` calls.
+The relay runs as the Celery task runs it: ``Relay.run()`` with the configured
+time budget, again until the outbox is empty. RSS comes from
+``/proc/self/status`` (``VmRSS``; ``VmHWM`` is the kernel's own peak), read
+every ``--sample-every`` batches as each batch is finished, before the relay
+gives the embedded engine's freed memory back (at most once a second, and at
+the end of each run): the samples show the top of the band, not its bottom.
 """
 
 from __future__ import annotations
@@ -30,24 +34,30 @@ def main() -> None:
     import django  # noqa: PLC0415
 
     django.setup()
-    from event_log.relay import Relay  # noqa: PLC0415
+    from event_log.relay import Batch, Relay  # noqa: PLC0415
 
-    relay = Relay()
+    samples: list[tuple[int, int, float]] = []  # (batches, events, rss MiB)
+    batches = events = runs = 0
+
+    def sample(step: str, batch: Batch) -> None:
+        nonlocal batches, events
+        if step != "finished":
+            return
+        batches += 1
+        events += batch.rows
+        if batches % args.sample_every == 0:
+            samples.append((batches, events, rss_mb()))
+
+    relay = Relay(checkpoint=sample)
     relay.connect_clickhouse()
     engine_open = rss_mb()
-    samples: list[tuple[int, int, float]] = []  # (batches, events, rss MiB)
-    batches = events = 0
     started = time.perf_counter()
     try:
         while True:
-            # A budget, so that a relay stuck on a failing batch returns and is reported.
-            report = relay.run(time_budget=120, max_batches=args.sample_every)
+            report = relay.run()
+            runs += 1
             if report.failures:
                 raise SystemExit(f"relay failed: {report.errors[-1]}")
-            batches += report.batches
-            events += report.delivered
-            if report.batches:
-                samples.append((batches, events, rss_mb()))
             if report.drained:
                 break
     finally:
@@ -58,6 +68,8 @@ def main() -> None:
             {
                 "batch_size": relay.config.BATCH_SIZE,
                 "batches": batches,
+                "runs": runs,
+                "time_budget_s": relay.config.TIME_BUDGET,
                 "events": events,
                 "seconds": seconds,
                 "rss_before_django_mb": before_django,

@@ -42,6 +42,10 @@ logger = structlog.get_logger(__name__)
 
 Checkpoint = Callable[[str, "Batch"], None]
 
+# Embedded engine: return the allocator's freed memory at most this often while
+# draining, and at the end of every run (event_log.clickhouse.release_engine_memory).
+ENGINE_MEMORY_RELEASE_INTERVAL = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -101,6 +105,10 @@ class Relay:
         self._client: Client | None = None
         # When the last batch was partial: batching by time as well as by size.
         self._partial_sent_at: float | None = None
+        self._engine_memory_released_at = time.monotonic()
+        self._embedded_engine = (
+            clickhouse.embedded_path(self.clickhouse_url or clickhouse.clickhouse_url()) is not None
+        )
 
     # -- the three steps -------------------------------------------------------
 
@@ -235,7 +243,10 @@ class Relay:
     ) -> RelayReport:
         """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
         with _trace("event_log.relay", "relay run") as span:
-            report = self._run(time_budget=time_budget, max_batches=max_batches)
+            try:
+                report = self._run(time_budget=time_budget, max_batches=max_batches)
+            finally:
+                self._release_engine_memory(force=True)
             span.set_data("batches", report.batches)
             span.set_data("events_delivered", report.delivered)
             span.set_data("failures", report.failures)
@@ -268,7 +279,23 @@ class Relay:
                 span.set_data("attempt", batch.attempts)
                 if not self._deliver(batch, deadline, report):
                     break
+            self._release_engine_memory()
         return report
+
+    def _release_engine_memory(self, *, force: bool = False) -> None:
+        """Embedded engine: release the memory it freed, at most once per interval."""
+        if not self._embedded_engine or self._client is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._engine_memory_released_at < ENGINE_MEMORY_RELEASE_INTERVAL:
+            return
+        self._engine_memory_released_at = now
+        try:
+            clickhouse.release_engine_memory(self._client)
+        except ClickHouseError as exc:
+            # An engine built without jemalloc: nothing to release, so stop asking.
+            self._embedded_engine = False
+            logger.info("clickhouse_engine_memory_release_unavailable", error=str(exc))
 
     def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
         log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)

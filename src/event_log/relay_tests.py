@@ -260,3 +260,64 @@ def test_a_trickle_of_events_is_batched_by_time_not_sent_one_by_one(ch, settings
     # One INSERT per 0.25 s at most (plus the first and the last): not one per event.
     assert batches <= elapsed / 0.25 + 2, (batches, elapsed)
     assert batches < len(published) / 5
+
+
+def _count_engine_memory_releases(relay: Relay, *, refuse: bool = False) -> list[str]:
+    """Record the relay's SYSTEM JEMALLOC PURGE commands on its real client."""
+    client = relay.connect_clickhouse()
+    command = client.command
+    sent: list[str] = []
+
+    def recording(statement: str, *args: object, **kwargs: object) -> object:
+        if "JEMALLOC" in statement:
+            sent.append(statement)
+            if refuse:
+                raise RuntimeError("Code: 344. SYSTEM JEMALLOC PURGE is not supported")
+        return command(statement, *args, **kwargs)
+
+    client.command = recording  # type: ignore[method-assign]
+    return sent
+
+
+@pytest.fixture
+def embedded_ch(ch, clickhouse_url):
+    if not clickhouse_url.startswith("chdb:"):
+        pytest.skip("a ClickHouse server manages its own memory")
+    return ch
+
+
+@pytest.mark.parametrize(("interval", "releases"), [(0.0, 11), (3600.0, 1)])
+def test_the_embedded_engine_gives_freed_memory_back_while_draining_and_after_the_run(
+    embedded_ch, settings, monkeypatch, interval, releases
+):
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "BATCH_SIZE": 100}
+    monkeypatch.setattr("event_log.relay.ENGINE_MEMORY_RELEASE_INTERVAL", interval)
+    published = publish_pings(1_000)
+    relay = Relay()
+    sent = _count_engine_memory_releases(relay)
+
+    report = relay.run()
+    relay.close()
+
+    assert report.drained
+    assert_exactly_once(embedded_ch, published)
+    # Ten batches: after each one when the interval allows it, and once at the end.
+    assert len(sent) == releases
+
+
+def test_an_engine_that_cannot_release_memory_is_asked_once_and_delivery_goes_on(embedded_ch):
+    relay = Relay()
+    sent = _count_engine_memory_releases(relay, refuse=True)
+    first = publish_pings(10)
+    assert relay.run().delivered == 10
+    second = publish_pings(10)
+    assert relay.run().delivered == 10
+    relay.close()
+
+    assert len(sent) == 1
+    assert_exactly_once(embedded_ch, first + second)
+
+
+def test_a_relay_never_asks_a_clickhouse_server_to_release_memory():
+    assert not Relay(clickhouse_url="http://127.0.0.1:8123/default")._embedded_engine
+    assert Relay(clickhouse_url="chdb:///var/lib/events")._embedded_engine
