@@ -11,7 +11,9 @@ outbox is empty.
 
 "Start" is the RSS after the first delivered batch (Django, the engine and the
 first batch's buffers are all there); "flat" means that the resident set stays
-within a few MiB of that however many events follow.
+within a few MiB of that however many events follow. The trend (median RSS of
+the last tenth of the samples minus that of the first tenth) tells a resident
+set that grows with the events relayed from one that moves within a band.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from harness import (
     exactly_once,
     fill_backlog,
     outbox_depth,
+    percentile,
     settle_postgres,
 )
 
@@ -88,6 +91,11 @@ def run(
         "steady_min_mb": min(rss[len(rss) // 10 :]),
         "steady_max_mb": max(rss[len(rss) // 10 :]),
         "steady_drift_mb": end - rss[len(rss) // 10],
+        # Whether RSS follows the number of events relayed: the typical level of
+        # the first tenth of the drain against that of the last tenth.
+        "first_tenth_median_mb": percentile(rss[: max(1, len(rss) // 10)], 50),
+        "last_tenth_median_mb": percentile(rss[-max(1, len(rss) // 10) :], 50),
     }
+    result["trend_mb"] = result["last_tenth_median_mb"] - result["first_tenth_median_mb"]
     probe.truncate()
     return result

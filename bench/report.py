@@ -289,7 +289,9 @@ def render(results: dict[str, Any]) -> str:
             f"from event {mem['steady_from_events']:,} on (after the first tenth): "
             f"{mem['steady_min_mb']:.0f}-{mem['steady_max_mb']:.0f} MiB "
             f"(range {mem['steady_max_mb'] - mem['steady_min_mb']:.1f} MiB), "
-            f"drift to the end {mem['steady_drift_mb']:+.1f} MiB",
+            f"drift to the end {mem['steady_drift_mb']:+.1f} MiB; median of the first tenth "
+            f"{mem['first_tenth_median_mb']:.0f} MiB, of the last tenth "
+            f"{mem['last_tenth_median_mb']:.0f} MiB (trend {mem['trend_mb']:+.1f} MiB)",
         ]
     if results.get("targets"):
         out += [
