@@ -11,7 +11,10 @@ outbox is empty.
 
 "Start" is the RSS after the first delivered batch (Django, the engine and the
 first batch's buffers are all there); "flat" means that the resident set stays
-within a few MiB of that however many events follow. The trend (median RSS of
+within a few MiB of that however many events follow. The drain runs twice,
+each time on a fresh backlog: as deployed, then with the relay's release of
+the engine's freed memory switched off (``--no-engine-memory-release``), to
+show what the release does. The trend (median RSS of
 the last tenth of the samples minus that of the first tenth) tells a resident
 set that grows with the events relayed from one that moves within a band.
 """
@@ -47,14 +50,62 @@ def run(
     sample_every: int,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Drain as deployed, then again with the engine memory release switched off."""
+    result = _drain(
+        bench, probe, workdir, events=events, sample_every=sample_every, progress=progress
+    )
+    without = _drain(
+        bench,
+        probe,
+        workdir,
+        events=events,
+        sample_every=sample_every,
+        progress=progress,
+        release=False,
+    )
+    result["without_release"] = {
+        key: without[key]
+        for key in (
+            "exactly_once",
+            "check",
+            "start_mb",
+            "max_mb",
+            "min_mb",
+            "end_mb",
+            "max_minus_min_mb",
+            "max_minus_start_mb",
+            "vm_hwm_mb",
+            "events_per_s",
+            "first_tenth_median_mb",
+            "last_tenth_median_mb",
+            "trend_mb",
+        )
+    }
+    return result
+
+
+def _drain(
+    bench: BenchEnv,
+    probe: ClickHouseProbe,
+    workdir: Path,
+    *,
+    events: int,
+    sample_every: int,
+    progress: Callable[[str], None],
+    release: bool = True,
+) -> dict[str, Any]:
     probe.truncate()
     published = fill_backlog(events)
     settle_postgres()
-    progress(f"  published {len(published):,} events; relay process draining them")
-    log = workdir / "memory-relay.log"
+    progress(
+        f"  published {len(published):,} events; relay process draining them"
+        + ("" if release else " (engine memory release off)")
+    )
+    log = workdir / ("memory-relay.log" if release else "memory-relay-no-release.log")
+    argv = [sys.executable, str(CHILD), "--sample-every", str(sample_every)]
     with log.open("wb") as stderr:
         completed = subprocess.run(
-            [sys.executable, str(CHILD), "--sample-every", str(sample_every)],
+            argv if release else [*argv, "--no-engine-memory-release"],
             env=bench.child_env(),
             stdout=subprocess.PIPE,
             stderr=stderr,

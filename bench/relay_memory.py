@@ -27,6 +27,11 @@ from harness import SRC, peak_rss_mb, rss_mb
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sample-every", type=int, default=1, help="batches between samples")
+    parser.add_argument(
+        "--no-engine-memory-release",
+        action="store_true",
+        help="keep the engine's freed memory (for comparison: the relay releases it)",
+    )
     args = parser.parse_args()
 
     before_django = rss_mb()
@@ -49,6 +54,8 @@ def main() -> None:
             samples.append((batches, events, rss_mb()))
 
     relay = Relay(checkpoint=sample)
+    if args.no_engine_memory_release:
+        relay._embedded_engine = False  # the comparison needs the switch
     relay.connect_clickhouse()
     engine_open = rss_mb()
     started = time.perf_counter()

@@ -99,6 +99,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             m["check"],
             "OK" if m["exactly_once"] else "FAIL",
         )
+        if "without_release" in m:
+            off = m["without_release"]
+            add(
+                "memory drain with the release off delivered every event once",
+                off["check"],
+                "OK" if off["exactly_once"] else "FAIL",
+            )
     return rows
 
 
@@ -293,6 +300,15 @@ def render(results: dict[str, Any]) -> str:
             f"{mem['first_tenth_median_mb']:.0f} MiB, of the last tenth "
             f"{mem['last_tenth_median_mb']:.0f} MiB (trend {mem['trend_mb']:+.1f} MiB)",
         ]
+        off = mem.get("without_release")
+        if off:
+            out.append(
+                f"same drain with the engine memory release off: start {off['start_mb']:.0f} "
+                f"MiB, max {off['max_mb']:.0f}, end {off['end_mb']:.0f}, max-start "
+                f"{off['max_minus_start_mb']:.1f} MiB, VmHWM {off['vm_hwm_mb']:.0f} MiB, trend "
+                f"{off['trend_mb']:+.1f} MiB, {off['events_per_s']:,.0f} ev/s, exactly once "
+                f"{'OK' if off['exactly_once'] else 'FAIL'}"
+            )
     if results.get("targets"):
         out += [
             "",
