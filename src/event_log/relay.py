@@ -293,7 +293,7 @@ class Relay:
         try:
             clickhouse.release_engine_memory(self._client)
         except ClickHouseError as exc:
-            # An engine built without jemalloc: nothing to release, so stop asking.
+            # Refused (say, by an engine built without jemalloc): this relay stops asking.
             self._embedded_engine = False
             logger.info("clickhouse_engine_memory_release_unavailable", error=str(exc))
 
