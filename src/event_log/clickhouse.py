@@ -122,8 +122,9 @@ def release_engine_memory(ch: Client) -> None:
     The embedded engine allocates with jemalloc inside the relay's process and
     keeps pages freed by inserts and merges for reuse, so the process's resident
     set climbs with the largest merges seen while the engine's live memory stays
-    a few MiB (docs/performance.md). ``SYSTEM JEMALLOC PURGE`` hands them back;
-    it took about 2 ms here. Never sent to a server, which manages its own memory.
+    a few MiB. ``SYSTEM JEMALLOC PURGE`` hands them back in a few milliseconds
+    (figures in docs/performance.md). Never sent to a server, which manages its
+    own memory.
     """
     try:
         ch.command("SYSTEM JEMALLOC PURGE")
