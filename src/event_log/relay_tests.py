@@ -291,7 +291,7 @@ def test_the_embedded_engine_gives_freed_memory_back_while_draining_and_after_th
     embedded_ch, settings, monkeypatch, interval, releases
 ):
     settings.EVENT_LOG = {**settings.EVENT_LOG, "BATCH_SIZE": 100}
-    monkeypatch.setattr("event_log.relay.ENGINE_MEMORY_RELEASE_INTERVAL", interval)
+    monkeypatch.setattr("event_log.relay.loop.ENGINE_MEMORY_RELEASE_INTERVAL", interval)
     published = publish_pings(1_000)
     relay = Relay()
     sent = _count_engine_memory_releases(relay)

@@ -1,0 +1,59 @@
+"""Step 1, claim: take over a batch whose lease expired, or seal a new one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import connection, transaction
+from psycopg import sql as pgsql
+
+from event_log import sql
+from event_log.conf import EventLogSettings
+from event_log.relay.batch import Batch
+
+
+def claim(config: EventLogSettings) -> Batch | None:
+    """Take an expired batch or seal a new one; None when the outbox is empty.
+
+    One short PostgreSQL transaction. ``FOR UPDATE SKIP LOCKED`` lets any number of
+    relays claim side by side, each getting a batch of its own.
+    """
+    lease = config.LEASE_SECONDS
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease})
+        taken = cur.fetchone()
+        if taken is not None:
+            batch_id, attempts, first_id, last_id = taken
+        else:
+            batch_id, attempts = uuid.uuid4(), 1
+            cur.execute(
+                sql.SEAL_BATCH,
+                {"batch_id": batch_id, "limit": config.BATCH_SIZE, "lease": lease},
+            )
+            sealed = cur.fetchone()
+            if sealed is None:
+                return None
+            first_id, last_id = sealed
+        batch = Batch(id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=b"")
+        return Batch(
+            id=batch_id,
+            attempts=attempts,
+            first_id=first_id,
+            last_id=last_id,
+            block=copy_rows(cur, batch),
+        )
+
+
+def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> bytes:
+    """The batch's rows (or those of ``only``) as TabSeparated text, in id order."""
+    statement = pgsql.SQL(sql.COPY_BATCH).format(
+        batch_id=pgsql.Literal(batch.id),
+        first_id=pgsql.Literal(batch.first_id),
+        last_id=pgsql.Literal(batch.last_id),
+        only=pgsql.SQL(sql.ONLY_EVENTS).format(event_ids=pgsql.Literal(list(only)))
+        if only
+        else pgsql.SQL(""),
+    )
+    with cur.copy(statement) as copy:
+        return b"".join(copy)  # one chunk per row, joined once

@@ -1,0 +1,276 @@
+"""The relay loop: claim, write, finish, again, until the outbox is empty or time is up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sentry_sdk
+import structlog
+from clickhouse_connect.driver.client import Client
+from django.db import DatabaseError, InterfaceError, connection
+
+from event_log import clickhouse
+from event_log.clickhouse import ClickHouseError
+from event_log.conf import EventLogSettings, event_log_settings
+from event_log.metrics import BATCH_DURATION, BATCH_FAILURES
+from event_log.relay.backoff import backoff_delay
+from event_log.relay.batch import Batch, RelayReport
+from event_log.relay.claim import claim
+from event_log.relay.finish import finish, release
+from event_log.relay.tracing import capture, trace
+from event_log.relay.write import write
+
+logger = structlog.get_logger(__name__)
+
+Checkpoint = Callable[[str, "Batch"], None]
+
+# Embedded engine: return the allocator's freed memory at most this often while
+# draining, and at the end of every run (event_log.clickhouse.release_engine_memory).
+ENGINE_MEMORY_RELEASE_INTERVAL = 1.0
+
+
+def _no_checkpoint(step: str, batch: Batch) -> None:
+    return None
+
+
+class Relay:
+    """One relay. Safe to run any number of them at once, in any processes."""
+
+    def __init__(
+        self,
+        *,
+        config: EventLogSettings | None = None,
+        clickhouse_url: str | None = None,
+        checkpoint: Checkpoint = _no_checkpoint,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config or event_log_settings()
+        self.clickhouse_url = clickhouse_url
+        self.checkpoint = checkpoint
+        self.sleep = sleep
+        self._client: Client | None = None
+        # When the last batch was partial: batching by time as well as by size.
+        self._partial_sent_at: float | None = None
+        self._engine_memory_released_at = time.monotonic()
+        self._embedded_engine = (
+            clickhouse.embedded_path(self.clickhouse_url or clickhouse.clickhouse_url()) is not None
+        )
+
+    # -- the three steps -------------------------------------------------------
+
+    def claim(self) -> Batch | None:
+        """Take an expired batch or seal a new one; None when the outbox is empty."""
+        return claim(self.config)
+
+    def write(self, batch: Batch) -> list[tuple[int, ClickHouseError]]:
+        """Insert the batch; returns the positions of rows rejected for their data.
+
+        Raises :class:`ClickHouseError` when the failure is transient.
+        """
+        if not batch.block:
+            return []
+        return write(self.connect_clickhouse(), self.config, batch)
+
+    def finish(self, batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
+        """Delete the delivered batch; rejected rows go to the dead-letter table."""
+        finish(batch, rejected)
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(
+        self, *, time_budget: float | None = None, max_batches: int | None = None
+    ) -> RelayReport:
+        """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
+        with trace("event_log.relay", "relay run") as span:
+            try:
+                report = self._run(time_budget=time_budget, max_batches=max_batches)
+            finally:
+                self._release_engine_memory(force=True)
+            span.set_data("batches", report.batches)
+            span.set_data("events_delivered", report.delivered)
+            span.set_data("failures", report.failures)
+        return report
+
+    def _run(self, *, time_budget: float | None, max_batches: int | None) -> RelayReport:
+        budget = self.config.TIME_BUDGET if time_budget is None else time_budget
+        deadline = time.monotonic() + budget
+        report = RelayReport()
+        db_failures = 0
+        while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
+            self._gather(deadline)
+            try:
+                with sentry_sdk.start_span(op="db", name="event_log seal batch"):
+                    batch = self.claim()
+            except (DatabaseError, InterfaceError) as exc:
+                db_failures += 1
+                if not self._wait_after_database_error(exc, db_failures, deadline, report):
+                    break
+                continue
+            db_failures = 0
+            if batch is None:
+                report.drained = True
+                break
+            with sentry_sdk.start_span(
+                op="event_log.batch", name="event_log deliver batch"
+            ) as span:
+                span.set_data("batch_id", str(batch.id))
+                span.set_data("rows", batch.rows)
+                span.set_data("attempt", batch.attempts)
+                if not self._deliver(batch, deadline, report):
+                    break
+            self._release_engine_memory()
+        return report
+
+    def _release_engine_memory(self, *, force: bool = False) -> None:
+        """Embedded engine: release the memory it freed, at most once per interval."""
+        if not self._embedded_engine or self._client is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._engine_memory_released_at < ENGINE_MEMORY_RELEASE_INTERVAL:
+            return
+        self._engine_memory_released_at = now
+        try:
+            clickhouse.release_engine_memory(self._client)
+        except ClickHouseError as exc:
+            # Refused (say, by an engine built without jemalloc): this relay stops asking.
+            self._embedded_engine = False
+            logger.info("clickhouse_engine_memory_release_unavailable", error=str(exc))
+
+    def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
+        log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)
+        started = time.perf_counter()
+        self.checkpoint("sealed", batch)
+        try:
+            with sentry_sdk.start_span(op="db.clickhouse", name="event_log insert batch"):
+                rejected = self.write(batch)
+        except ClickHouseError as error:
+            return self._postpone(batch, error, deadline, report, log)
+        self.checkpoint("inserted", batch)
+        try:
+            with sentry_sdk.start_span(op="db", name="event_log delete batch"):
+                self.finish(batch, rejected)
+        except (DatabaseError, InterfaceError) as exc:
+            # The insert is done but the rows are still here: the batch stays sealed
+            # and is re-sent under the same token, which ClickHouse deduplicates.
+            report.failures += 1
+            report.errors.append(str(exc))
+            log.warning("outbox_batch_finish_failed", error=str(exc))
+            connection.close()
+            release(batch, delay=0.0, error=str(exc))
+            return True
+        self.checkpoint("finished", batch)
+        partial = batch.rows < self.config.BATCH_SIZE
+        self._partial_sent_at = time.monotonic() if partial else None
+        duration = time.perf_counter() - started
+        BATCH_DURATION.observe(duration)
+        report.batches += 1
+        report.delivered += batch.rows - len(rejected)
+        report.dead_lettered += len(rejected)
+        if rejected:
+            first_error = rejected[0][1]
+            log.error(
+                "outbox_events_dead_lettered",
+                dead_lettered=len(rejected),
+                error=str(first_error),
+                error_code=first_error.code,
+            )
+            capture(first_error, batch, dead_lettered=len(rejected))
+        log.info(
+            "outbox_batch_delivered",
+            delivered=batch.rows - len(rejected),
+            duration_ms=round(duration * 1000, 3),
+        )
+        return True
+
+    def _postpone(
+        self,
+        batch: Batch,
+        error: ClickHouseError,
+        deadline: float,
+        report: RelayReport,
+        log: structlog.stdlib.BoundLogger,
+    ) -> bool:
+        delay = backoff_delay(
+            batch.attempts, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX
+        )
+        report.failures += 1
+        report.errors.append(str(error))
+        BATCH_FAILURES.inc()
+        capture(error, batch, retry_in_s=round(delay, 3))
+        log.warning(
+            "outbox_batch_failed",
+            error=str(error),
+            error_code=error.code,
+            retry_in_s=round(delay, 3),
+        )
+        self._drop_client()
+        release(batch, delay=delay, error=str(error))
+        if time.monotonic() + delay >= deadline:
+            return False
+        self.sleep(delay)
+        return True
+
+    def _wait_after_database_error(
+        self, exc: Exception, failures: int, deadline: float, report: RelayReport
+    ) -> bool:
+        connection.close()
+        delay = backoff_delay(
+            failures, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX
+        )
+        report.failures += 1
+        report.errors.append(str(exc))
+        logger.warning("outbox_database_failed", error=str(exc), retry_in_s=round(delay, 3))
+        if time.monotonic() + delay >= deadline:
+            return False
+        self.sleep(delay)
+        return True
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _gather(self, deadline: float) -> None:
+        """After a partial batch, let events gather for MIN_INSERT_INTERVAL.
+
+        Under load every batch is full and nothing waits; on a trickle this caps a
+        relay at one INSERT per interval instead of one per handful of events.
+        """
+        if self._partial_sent_at is None:
+            return
+        wait = self._partial_sent_at + self.config.MIN_INSERT_INTERVAL - time.monotonic()
+        if wait > 0:
+            self.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+    def connect_clickhouse(self) -> Client:
+        """The relay's ClickHouse client, opened on first use and kept until close()."""
+        if self._client is None:
+            self._client = clickhouse.connect(
+                self.clickhouse_url, timeout=self.config.INSERT_TIMEOUT
+            )
+        return self._client
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def close(self) -> None:
+        """Close the ClickHouse client (the embedded engine can then be opened elsewhere)."""
+        self._drop_client()
+
+
+def run_relay(
+    *,
+    time_budget: float | None = None,
+    max_batches: int | None = None,
+    relay: Relay | None = None,
+) -> RelayReport:
+    """Drain the outbox once with a fresh or given relay."""
+    own = relay is None
+    relay = relay or Relay()
+    try:
+        return relay.run(time_budget=time_budget, max_batches=max_batches)
+    finally:
+        if own:
+            relay.close()
