@@ -162,14 +162,19 @@ CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")
 EVENT_LOG_RELAY_INTERVAL = env.number("EVENT_LOG_RELAY_INTERVAL", default=2.0, minimum=0.1)
 EVENT_LOG = {
     "BATCH_SIZE": env.integer("EVENT_LOG_BATCH_SIZE", default=5_000, minimum=1),
+    "BATCH_MAX_BYTES": env.integer(
+        "EVENT_LOG_BATCH_MAX_BYTES", default=16 * 1024 * 1024, minimum=1024
+    ),
     "RELAY_INTERVAL": EVENT_LOG_RELAY_INTERVAL,
     "LEASE_SECONDS": env.number("EVENT_LOG_LEASE_SECONDS", default=30.0, minimum=1.0),
     "TIME_BUDGET": env.number("EVENT_LOG_TIME_BUDGET", default=10.0, minimum=0.1),
     "BACKOFF_INITIAL": env.number("EVENT_LOG_BACKOFF_INITIAL", default=0.5, minimum=0.0),
     "BACKOFF_MAX": env.number("EVENT_LOG_BACKOFF_MAX", default=30.0, minimum=0.0),
     "KICK_ENABLED": env.boolean("EVENT_LOG_KICK", default=True),
-    "INSERT_TIMEOUT": env.number("EVENT_LOG_INSERT_TIMEOUT", default=20.0, minimum=1.0),
+    "INSERT_TIMEOUT": env.number("EVENT_LOG_INSERT_TIMEOUT", default=15.0, minimum=1.0),
     "MIN_INSERT_INTERVAL": env.number("EVENT_LOG_MIN_INSERT_INTERVAL", default=0.2),
+    "ISOLATION_MAX_INSERTS": env.integer("EVENT_LOG_ISOLATION_MAX_INSERTS", default=500, minimum=2),
+    "ALERT_AFTER_ATTEMPTS": env.integer("EVENT_LOG_ALERT_AFTER_ATTEMPTS", default=10, minimum=1),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
 }
 

@@ -7,6 +7,7 @@ Whether a failure is *transient* (retry the same batch later) or about the
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +22,7 @@ from django.conf import settings
 from event_log import sql
 
 # Error codes that mean "ClickHouse will never accept these rows": parse and type
-# errors, values out of range, violated CHECK constraints. Everything else —
-# connection refused, timeouts, 5xx, TOO_MANY_PARTS (252), memory limits,
-# a missing table — is transient: the batch waits and is sent again.
+# errors, values out of range, violated CHECK constraints.
 DATA_ERROR_CODES = frozenset(
     {
         6,  # CANNOT_PARSE_TEXT
@@ -41,25 +40,75 @@ DATA_ERROR_CODES = frozenset(
         469,  # VIOLATED_CONSTRAINT
     }
 )
+MEMORY_LIMIT_EXCEEDED = 241
+TOO_MANY_PARTS = 252  # also raised for "too many partitions for single INSERT block"
+TIMEOUT_EXCEEDED = 159
+SOCKET_TIMEOUT = 209
 _CODE = re.compile(r"Code: (\d+)")
+_ROW = re.compile(r"at row (\d+)")
+_HTTP_STATUS = re.compile(r"HTTP status (\d{3})")
+_TOO_MANY_PARTITIONS = re.compile(r"too many partitions for (a )?single insert block", re.I)
+_TIMED_OUT = re.compile(r"timed? ?out|timeout", re.I)
+
+
+class Failure(enum.Enum):
+    """What a failed ClickHouse call asks of the relay."""
+
+    TRANSIENT = "transient"  # the same rows, later
+    DATA = "data"  # these rows will never be accepted: isolate and dead-letter them
+    TOO_LARGE = "too_large"  # this request is too big (a proxy's 413, memory): split it
+    TOO_MANY_PARTITIONS = "too_many_partitions"  # one INSERT spans too many months: split
 
 
 class ClickHouseError(Exception):
-    """A failed ClickHouse call, with what an operator needs to act on it."""
+    """A failed ClickHouse call, with what an operator needs to act on it.
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    ``code`` is ClickHouse's error code (from the driver, which reads the server's
+    ``X-ClickHouse-Exception-Code`` header, else from the message); ``row`` the
+    1-based row of the INSERT that ClickHouse names as the bad one, when it does.
+    """
+
+    def __init__(
+        self, message: str, *, code: int | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.http_status = http_status
+        match = _ROW.search(message)
+        self.row = int(match.group(1)) if match else None
+
+    @property
+    def failure(self) -> Failure:
+        """The one place that decides what a ClickHouse failure means."""
+        if self.code in DATA_ERROR_CODES:
+            return Failure.DATA
+        if self.code == TOO_MANY_PARTS and _TOO_MANY_PARTITIONS.search(str(self)):
+            return Failure.TOO_MANY_PARTITIONS
+        if self.http_status == 413 or self.code == MEMORY_LIMIT_EXCEEDED:
+            return Failure.TOO_LARGE
+        return Failure.TRANSIENT
 
     @property
     def transient(self) -> bool:
-        return self.code not in DATA_ERROR_CODES
+        """True when the same request may succeed later; split or isolate otherwise."""
+        return self.failure is Failure.TRANSIENT
+
+    @property
+    def timed_out(self) -> bool:
+        """The outcome is unknown: the server may still be working on the request."""
+        return self.code in {TIMEOUT_EXCEEDED, SOCKET_TIMEOUT} or bool(_TIMED_OUT.search(str(self)))
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ClickHouseError:
+        if isinstance(exc, ClickHouseError):
+            return exc
         message = str(exc).strip() or type(exc).__name__
-        match = _CODE.search(message)
-        return cls(message[:2000], code=int(match.group(1)) if match else None)
+        code = getattr(exc, "code", None)
+        if not isinstance(code, int):
+            match = _CODE.search(message)
+            code = int(match.group(1)) if match else None
+        status = _HTTP_STATUS.search(message)
+        return cls(message[:2000], code=code, http_status=int(status.group(1)) if status else None)
 
 
 def mask_url(url: str) -> str:
@@ -132,11 +181,60 @@ def release_engine_memory(ch: Client) -> None:
         raise ClickHouseError.from_exception(exc) from exc
 
 
-def insert_tsv(ch: Client, *, table: str, block: bytes, token: str) -> None:
+# Settings every relay INSERT carries, whatever the server's profile says: a profile
+# that allows errors would let ClickHouse skip bad rows that the relay then deletes
+# from the outbox; async inserts are not deduplicated by default; the text format's
+# reading must be exactly what the COPY produces.
+INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+    "deduplicate_insert": "enable",  # the newer name of insert_deduplicate (26.x)
+    "input_format_allow_errors_num": 0,
+    "input_format_allow_errors_ratio": 0,
+    "date_time_input_format": "basic",
+    "input_format_tsv_skip_first_lines": 0,
+    "input_format_tsv_detect_header": 0,
+    "input_format_tsv_allow_variable_number_of_columns": 0,
+    "input_format_tsv_empty_as_default": 0,
+    "input_format_tsv_crlf_end_of_line": 0,
+    "input_format_tsv_skip_trailing_empty_lines": 0,
+    "format_tsv_null_representation": "\\N",
+    "throw_on_max_partitions_per_insert_block": 1,
+}
+# Those a server cannot do without; the others are sent where the server knows them.
+REQUIRED_INSERT_SETTINGS = frozenset(
+    {
+        "async_insert",
+        "insert_deduplicate",
+        "input_format_allow_errors_num",
+        "input_format_allow_errors_ratio",
+    }
+)
+
+
+def insert_settings(ch: Client, *, token: str, timeout: float | None = None) -> dict[str, Any]:
+    """The pinned settings this server knows, the token, and the server-side time limit."""
+    known = getattr(ch, "server_settings", None) or {}
+    pinned = {
+        name: value
+        for name, value in INSERT_SETTINGS.items()
+        if name in REQUIRED_INSERT_SETTINGS or name in known
+    }
+    pinned["insert_deduplication_token"] = token
+    if timeout is not None and (not known or "max_execution_time" in known):
+        # The server stops working on a request the relay has given up on.
+        pinned["max_execution_time"] = int(max(1, timeout))
+    return pinned
+
+
+def insert_tsv(
+    ch: Client, *, table: str, block: bytes, token: str, timeout: float | None = None
+) -> None:
     """Insert a TabSeparated block in one INSERT, deduplicated by ``token``.
 
-    ``async_insert=0``: async inserts are not deduplicated by default (and are
-    on by default from ClickHouse 26.2), which would break exactly-once.
+    Sends :data:`INSERT_SETTINGS` (those the server knows) so that no profile
+    setting can make ClickHouse skip rows, read the text differently, or insert
+    asynchronously without deduplication. Raises :class:`ClickHouseError`.
     """
     try:
         ch.raw_insert(
@@ -144,7 +242,23 @@ def insert_tsv(ch: Client, *, table: str, block: bytes, token: str) -> None:
             list(sql.CLICKHOUSE_COLUMNS),
             insert_block=block,
             fmt="TabSeparated",
-            settings={"insert_deduplication_token": token, "async_insert": 0},
+            settings=insert_settings(ch, token=token, timeout=timeout),
         )
     except Exception as exc:
         raise ClickHouseError.from_exception(exc) from exc
+
+
+def query_rows(
+    ch: Client, statement: str, *, timeout: float | None = None
+) -> list[tuple[Any, ...]]:
+    """Run a read-only query; raises :class:`ClickHouseError`."""
+    settings = {"max_execution_time": int(max(1, timeout))} if timeout is not None else None
+    try:
+        return [tuple(row) for row in ch.query(statement, settings=settings).result_rows]
+    except Exception as exc:
+        raise ClickHouseError.from_exception(exc) from exc
+
+
+def quote(value: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

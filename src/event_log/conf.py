@@ -4,6 +4,8 @@ Each key is set from the environment variable ``EVENT_LOG_<KEY>`` (``KICK_ENABLE
 from ``EVENT_LOG_KICK``):
 
 - ``BATCH_SIZE``: most rows in one sealed batch, so in one ClickHouse INSERT;
+- ``BATCH_MAX_BYTES``: most bytes of event context in one batch (an event over it
+  travels alone, and one whose row is over it is dead-lettered unsent);
 - ``RELAY_INTERVAL``: seconds between Beat-driven relay runs;
 - ``LEASE_SECONDS``: how long a relay owns a sealed batch;
 - ``TIME_BUDGET``: seconds one relay run drains before it returns;
@@ -11,6 +13,9 @@ from ``EVENT_LOG_KICK``):
 - ``KICK_ENABLED``: queue a relay run when a transaction that published commits;
 - ``INSERT_TIMEOUT``: seconds a ClickHouse server may take to answer the relay;
 - ``MIN_INSERT_INTERVAL``: least seconds between two partial batches of one relay;
+- ``ISOLATION_MAX_INSERTS``: most INSERTs one attempt may spend isolating refused rows;
+- ``ALERT_AFTER_ATTEMPTS``: attempts after which a batch that still fails is logged
+  at error level and reported as stuck;
 - ``CLICKHOUSE_TABLE``: the ClickHouse table events go to.
 """
 
@@ -26,19 +31,29 @@ from django.core.exceptions import ImproperlyConfigured
 @dataclass(frozen=True, slots=True)
 class EventLogSettings:
     BATCH_SIZE: int = 5_000
+    BATCH_MAX_BYTES: int = 16 * 1024 * 1024
     RELAY_INTERVAL: float = 2.0
     LEASE_SECONDS: float = 30.0
     TIME_BUDGET: float = 10.0
     BACKOFF_INITIAL: float = 0.5
     BACKOFF_MAX: float = 30.0
     KICK_ENABLED: bool = True
-    INSERT_TIMEOUT: float = 20.0
+    INSERT_TIMEOUT: float = 15.0
     MIN_INSERT_INTERVAL: float = 0.2
+    ISOLATION_MAX_INSERTS: int = 500
+    ALERT_AFTER_ATTEMPTS: int = 10
     CLICKHOUSE_TABLE: str = "event_log"
 
     def __post_init__(self) -> None:
         if self.BATCH_SIZE < 1:
             raise ImproperlyConfigured("EVENT_LOG['BATCH_SIZE'] must be at least 1")
+        if self.BATCH_MAX_BYTES < 1024:
+            raise ImproperlyConfigured("EVENT_LOG['BATCH_MAX_BYTES'] must be at least 1024")
+        if self.ISOLATION_MAX_INSERTS < 2 or self.ALERT_AFTER_ATTEMPTS < 1:
+            raise ImproperlyConfigured(
+                "EVENT_LOG['ISOLATION_MAX_INSERTS'] must be at least 2 and "
+                "EVENT_LOG['ALERT_AFTER_ATTEMPTS'] at least 1"
+            )
         if self.LEASE_SECONDS <= 0 or self.TIME_BUDGET <= 0:
             raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
         if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():

@@ -39,6 +39,11 @@ BATCH_FAILURES = Counter(
     "event_log_batch_failures",
     "Batch attempts that failed transiently and were postponed.",
 )
+BATCHES_STUCK = Counter(
+    "event_log_batch_stuck_failures",
+    "Failed attempts of batches that had already been tried EVENT_LOG_ALERT_AFTER_ATTEMPTS "
+    "times (an alert: something this batch holds keeps failing).",
+)
 
 
 class OutboxCollector(Collector):
@@ -91,6 +96,6 @@ def render_metrics() -> tuple[bytes, str]:
 
 
 def _with_default(registry: CollectorRegistry) -> CollectorRegistry:
-    for collector in (EVENTS_PUBLISHED, BATCH_DURATION, BATCH_FAILURES):
+    for collector in (EVENTS_PUBLISHED, BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK):
         registry.register(collector)
     return registry

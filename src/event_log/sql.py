@@ -31,17 +31,26 @@ def insert_events_statement(count: int) -> str:
     return INSERT_EVENTS.format(rows=", ".join([EVENT_ROW] * count))
 
 
-# Seal: stamp up to N unsealed rows, oldest first, with a new batch id, and record
-# the batch with its lease and id range, in one statement. SKIP LOCKED lets any
-# number of relays seal side by side without waiting. batch_id is in no index, so
-# each row's UPDATE is a HOT update (no index writes).
+# Seal: stamp unsealed rows, oldest first, with a new batch id, and record the batch
+# with its lease and id range, in one statement. A batch holds at most %(limit)s rows
+# and %(max_bytes)s bytes of event context (always at least one row, so an event over
+# the byte cap travels alone). SKIP LOCKED lets any number of relays seal side by
+# side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
+# update (no index writes). octet_length() reads a TOASTed value's size from its
+# header, without fetching it.
 SEAL_BATCH = """
-WITH picked AS (
-    SELECT id FROM event_log_outbox
+WITH candidates AS (
+    SELECT id, octet_length(event_context) AS size FROM event_log_outbox
     WHERE batch_id IS NULL
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS n
+        FROM candidates
+    ) AS sized
+    WHERE running <= %(max_bytes)s OR n = 1
 ), sealed AS (
     -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
     -- "picked" was planned as a hash join over the whole table.
@@ -55,6 +64,14 @@ SELECT %(batch_id)s, min(id), max(id), now() + make_interval(secs => %(lease)s),
 FROM sealed
 HAVING count(*) > 0
 RETURNING first_id, last_id
+"""
+
+# The seal must survive a PostgreSQL crash whatever the role or database sets: a lost
+# seal after a delivered INSERT would re-seal the rows under a new token. Raised only
+# from "off", so a stronger level (remote_apply, …) is kept.
+DURABLE_COMMIT = """
+SELECT set_config('synchronous_commit', 'on', true)
+WHERE current_setting('synchronous_commit') = 'off'
 """
 
 # Take over a sealed batch whose lease ran out (its relay died, or backs off).
@@ -72,11 +89,16 @@ RETURNING id, attempts, first_id, last_id
 """
 
 # A batch's rows, found on the primary key by id range. Always in id order, so
-# every attempt sends the same block.
+# every attempt sends the same block. The time is formatted here, in UTC, so that
+# no session setting (DateStyle, TimeZone) changes the text ClickHouse reads.
 COPY_BATCH = """
 COPY (
-    SELECT event_id, event_type, event_date_time AT TIME ZONE 'UTC', environment,
-           event_context, metadata_version
+    SELECT event_id,
+           event_type,
+           to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+           environment,
+           event_context,
+           metadata_version
     FROM event_log_outbox
     WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id} {only}
     ORDER BY id
@@ -85,39 +107,73 @@ COPY (
 # COPY_BATCH's {only}: nothing, or ONLY_EVENTS for part of a batch.
 ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
 
-# Checking a re-sent batch (Relay._complete_resent): what it holds, and what
-# ClickHouse has of it, looked up through the table's sorting key.
-BATCH_EVENT_RANGE = """
-SELECT array_agg(DISTINCT event_type), min(event_date_time), max(event_date_time)
+# What ClickHouse holds of a batch is looked up by the table's whole sorting key
+# (relay.verify): these are the keys of the batch's rows, the time as COPY_BATCH sends it.
+BATCH_EVENT_KEYS = """
+SELECT event_id, event_type, to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
 FROM event_log_outbox
-WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
-"""
-
-BATCH_EVENT_IDS = """
-SELECT event_id FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
 """
 
 STORED_EVENT_IDS = """
 SELECT event_id FROM {table}
-WHERE event_type IN %(types)s
-  AND event_date_time BETWEEN %(first_at)s AND %(last_at)s
-  AND event_id IN %(ids)s
+WHERE (event_type, event_date_time, event_id) IN ({keys})
 """
 
-BATCH_ROW_IDS = """
-SELECT id FROM event_log_outbox
-WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
-ORDER BY id
+# Fencing: the relay that holds a batch is the one whose attempt number is the
+# batch's. Right before each INSERT it renews its lease; a relay that paused past
+# its lease finds another attempt number here and sends nothing.
+RENEW_LEASE = """
+UPDATE event_log_batch
+SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = %(batch_id)s AND attempts = %(attempts)s
+RETURNING 1
 """
 
-# After ClickHouse acknowledged the insert, one statement: delete the rows, add to
-# the running totals (only rows this call deleted: a relay that outlived its
-# lease and comes second counts nothing) and delete the batch.
+# The slow path's finish starts by locking the batch as its holder (take-overs skip
+# a locked batch); no row means another relay holds it now.
+HOLD_BATCH = """
+SELECT 1 FROM event_log_batch
+WHERE id = %(batch_id)s AND attempts = %(attempts)s
+FOR UPDATE
+"""
+
+# After ClickHouse acknowledged the insert, one statement: as the batch's holder
+# (a relay that lost its lease deletes and counts nothing), delete the rows, add to
+# the running totals and delete the batch.
 FINISH_BATCH = """
+WITH held AS (
+    SELECT id FROM event_log_batch
+    WHERE id = %(batch_id)s AND attempts = %(attempts)s
+    FOR UPDATE
+), deleted AS (
+    DELETE FROM event_log_outbox
+    WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+      AND EXISTS (SELECT 1 FROM held)
+    RETURNING 1
+), counted AS (
+    INSERT INTO event_log_relay_stats
+        (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
+    SELECT pg_backend_pid() %% 16, 1, count(*), 0, now() FROM deleted
+    HAVING count(*) > 0
+    ON CONFLICT (id) DO UPDATE SET
+        batches_delivered = event_log_relay_stats.batches_delivered + 1,
+        events_delivered = event_log_relay_stats.events_delivered + EXCLUDED.events_delivered,
+        last_delivered_at = now()
+    RETURNING events_delivered
+)
+DELETE FROM event_log_batch WHERE id = (SELECT id FROM held)
+RETURNING (SELECT count(*) FROM deleted)
+"""
+
+# The slow path (a re-sent, checked or isolated batch), under HOLD_BATCH: delete the
+# rows ClickHouse is known to hold and add them to the totals. Rows neither
+# delivered nor dead-lettered stay in the batch for its next attempt.
+FINISH_ROWS = """
 WITH deleted AS (
     DELETE FROM event_log_outbox
     WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+      AND event_id = ANY(%(event_ids)s::uuid[])
     RETURNING 1
 ), counted AS (
     INSERT INTO event_log_relay_stats
@@ -132,32 +188,51 @@ WITH deleted AS (
         last_delivered_at = now()
     RETURNING events_delivered
 )
-DELETE FROM event_log_batch WHERE id = %(batch_id)s
-RETURNING (SELECT count(*) FROM deleted)
+SELECT count(*) FROM deleted
+"""
+
+# After FINISH_ROWS: the batch is done when no row is left; otherwise it is postponed
+# (POSTPONE_BATCH) and its next attempt looks up what ClickHouse holds and sends the rest.
+CLOSE_BATCH = """
+DELETE FROM event_log_batch
+WHERE id = %(batch_id)s AND NOT EXISTS (
+    SELECT 1 FROM event_log_outbox
+    WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+)
+RETURNING 1
 """
 
 FINISH_WITHOUT_FSYNC = "SET LOCAL synchronous_commit = off"
 
-# A transient failure: keep the batch sealed; nobody retries before the back-off ends.
+# A transient failure: keep the batch sealed; nobody retries before the back-off
+# ends. Only the batch's holder may postpone it.
 POSTPONE_BATCH = """
 UPDATE event_log_batch
 SET lease_until = now() + make_interval(secs => %(delay)s), last_error = %(error)s
-WHERE id = %(batch_id)s
+WHERE id = %(batch_id)s AND attempts = %(attempts)s
 """
 
-# Poison rows leave the outbox for the dead-letter table, in one statement.
+# Poison rows leave the outbox for the dead-letter table, in one statement, each
+# with its own error (arrays in the same order).
 DEAD_LETTER_ROWS = """
-WITH moved AS (
-    DELETE FROM event_log_outbox WHERE id = ANY(%(ids)s)
-    RETURNING event_id, event_type, event_date_time, environment, event_context,
-              metadata_version
+WITH rejected AS (
+    SELECT * FROM unnest(%(event_ids)s::uuid[], %(errors)s::text[], %(codes)s::int[])
+        AS r(event_id, error, error_code)
+), moved AS (
+    DELETE FROM event_log_outbox AS o
+    USING rejected AS r
+    WHERE o.id BETWEEN %(first_id)s AND %(last_id)s AND o.batch_id = %(batch_id)s
+      AND o.event_id = r.event_id
+    RETURNING o.event_id, o.event_type, o.event_date_time, o.environment, o.event_context,
+              o.metadata_version, r.error, r.error_code
 )
 INSERT INTO event_log_dead_letter
     (event_id, event_type, event_date_time, environment, event_context, metadata_version,
      error, error_code, attempts, batch_id, dead_lettered_at)
 SELECT event_id, event_type, event_date_time, environment, event_context, metadata_version,
-       %(error)s, %(error_code)s, %(attempts)s, %(batch_id)s, now()
+       error, error_code, %(attempts)s, %(batch_id)s, now()
 FROM moved
+RETURNING 1
 """
 
 # Replay: dead letters go back to the outbox unchanged (same event_id and time).

@@ -1,14 +1,20 @@
-"""What a relay holds while it delivers: a sealed batch, and the report of a run."""
+"""What a relay holds while it delivers: a sealed batch, its outcome, and a run's report."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
 
+from event_log.clickhouse import ClickHouseError
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A sealed batch: its id is the deduplication token of its INSERT."""
+    """A sealed batch, as one relay holds it.
+
+    ``attempts`` is the holder's fencing number: a take-over after the lease adds
+    one, and every later step of this holder checks it is still the batch's.
+    """
 
     id: uuid.UUID
     attempts: int
@@ -22,8 +28,37 @@ class Batch:
         return {"batch_id": self.id, "first_id": self.first_id, "last_id": self.last_id}
 
     @property
+    def holder(self) -> dict[str, uuid.UUID | int]:
+        """The parameters that name this holder of the batch (see sql.RENEW_LEASE)."""
+        return {"batch_id": self.id, "attempts": self.attempts}
+
+    @property
     def rows(self) -> int:
         return self.block.count(b"\n")
+
+    def lines(self) -> list[bytes]:
+        """The rows, one TabSeparated line each (a row never spans lines)."""
+        return self.block.splitlines(keepends=True)
+
+
+def event_id(line: bytes) -> uuid.UUID:
+    """The event id of one TabSeparated row: its first field."""
+    return uuid.UUID(line[:36].decode())
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What one attempt achieved.
+
+    ``delivered`` is None when the whole batch went in one acknowledged INSERT (the
+    fast path); otherwise the event ids ClickHouse was seen to hold. ``rejected``
+    are the rows ClickHouse refuses, with why; rows in neither stay in the batch.
+    """
+
+    delivered: set[uuid.UUID] | None = None
+    rejected: dict[uuid.UUID, ClickHouseError] = field(default_factory=dict)
+    left: int = 0
+    error: ClickHouseError | None = None  # why rows are left, when they are
 
 
 @dataclass(slots=True)
@@ -32,5 +67,6 @@ class RelayReport:
     delivered: int = 0
     dead_lettered: int = 0
     failures: int = 0
+    leases_lost: int = 0
     errors: list[str] = field(default_factory=list)
     drained: bool = False

@@ -16,11 +16,14 @@ from event_log.relay.batch import Batch
 def claim(config: EventLogSettings) -> Batch | None:
     """Take an expired batch or seal a new one; None when the outbox is empty.
 
-    One short PostgreSQL transaction. ``FOR UPDATE SKIP LOCKED`` lets any number of
-    relays claim side by side, each getting a batch of its own.
+    One short PostgreSQL transaction, durable whatever the session's
+    ``synchronous_commit``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays
+    claim side by side, each getting a batch of its own. A batch holds at most
+    ``BATCH_SIZE`` rows and ``BATCH_MAX_BYTES`` bytes of event context.
     """
     lease = config.LEASE_SECONDS
     with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(sql.DURABLE_COMMIT)
         cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease})
         taken = cur.fetchone()
         if taken is not None:
@@ -29,7 +32,12 @@ def claim(config: EventLogSettings) -> Batch | None:
             batch_id, attempts = uuid.uuid4(), 1
             cur.execute(
                 sql.SEAL_BATCH,
-                {"batch_id": batch_id, "limit": config.BATCH_SIZE, "lease": lease},
+                {
+                    "batch_id": batch_id,
+                    "limit": config.BATCH_SIZE,
+                    "max_bytes": config.BATCH_MAX_BYTES,
+                    "lease": lease,
+                },
             )
             sealed = cur.fetchone()
             if sealed is None:

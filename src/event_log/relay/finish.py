@@ -1,45 +1,78 @@
-"""Step 3, finish: delete the delivered batch; or give it back for a later attempt."""
+"""Step 3, finish: delete what ClickHouse holds, dead-letter what it refuses; or give
+the batch back for a later attempt. Every statement acts only for the batch's holder."""
 
 from __future__ import annotations
 
-from django.db import DatabaseError, InterfaceError, connection, transaction
+from django.db import connection, transaction
 
 from event_log import sql
-from event_log.clickhouse import ClickHouseError
-from event_log.relay.batch import Batch
+from event_log.relay.batch import Batch, Delivery
+from event_log.relay.fence import LeaseLostError
 
 
-def finish(batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
-    """Delete the delivered batch; rejected rows go to the dead-letter table."""
+def finish(batch: Batch) -> int:
+    """The fast path: the whole batch was acknowledged; delete it. Returns rows deleted.
+
+    Raises :class:`LeaseLostError` (and changes nothing) when another relay holds the
+    batch now.
+    """
     with transaction.atomic(), connection.cursor() as cur:
         # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
-        # the batch comes back sealed and is re-sent under the same token, which
-        # ClickHouse drops. (The seal, by contrast, is a normal durable commit.)
+        # the batch comes back sealed and is re-sent; its rows are looked up first.
         cur.execute(sql.FINISH_WITHOUT_FSYNC)
+        cur.execute(sql.FINISH_BATCH, {**batch.keys, "attempts": batch.attempts})
+        finished = cur.fetchone()
+        if finished is None:
+            raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
+        return int(finished[0])
+
+
+def finish_checked(batch: Batch, delivery: Delivery, *, delay: float) -> tuple[int, int]:
+    """The slow path: delete the rows ClickHouse holds, dead-letter those it refuses.
+
+    Rows in neither stay sealed and the batch waits ``delay`` seconds for its next
+    attempt; a batch with no row left is deleted. Returns (deleted, dead-lettered).
+    """
+    delivered = sorted(delivery.delivered or ())
+    rejected = sorted(delivery.rejected.items())
+    error = str(delivery.error or "")[:2000]
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(sql.FINISH_WITHOUT_FSYNC)
+        cur.execute(sql.HOLD_BATCH, batch.holder)
+        if cur.fetchone() is None:
+            raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
+        dead_lettered = 0
         if rejected:
-            cur.execute(sql.BATCH_ROW_IDS, batch.keys)
-            ids = [row[0] for row in cur.fetchall()]
-            for position, error in rejected:
-                cur.execute(
-                    sql.DEAD_LETTER_ROWS,
-                    {
-                        "ids": [ids[position]],
-                        "error": str(error),
-                        "error_code": error.code,
-                        "attempts": batch.attempts,
-                        "batch_id": batch.id,
-                    },
-                )
-        cur.execute(sql.FINISH_BATCH, {**batch.keys, "dead_lettered": len(rejected)})
+            cur.execute(
+                sql.DEAD_LETTER_ROWS,
+                {
+                    **batch.keys,
+                    "event_ids": [event_id for event_id, _ in rejected],
+                    "errors": [str(failure)[:2000] for _, failure in rejected],
+                    "codes": [failure.code for _, failure in rejected],
+                    "attempts": batch.attempts,
+                },
+            )
+            dead_lettered = len(cur.fetchall())
+        cur.execute(
+            sql.FINISH_ROWS,
+            {**batch.keys, "event_ids": delivered, "dead_lettered": dead_lettered},
+        )
+        deleted = int(cur.fetchone()[0])
+        cur.execute(sql.CLOSE_BATCH, batch.keys)
+        if cur.fetchone() is None:
+            cur.execute(sql.POSTPONE_BATCH, {**batch.holder, "delay": delay, "error": error})
+    return deleted, dead_lettered
 
 
 def release(batch: Batch, *, delay: float, error: str) -> None:
-    """Let any relay take the batch again after ``delay`` seconds (same rows, same token)."""
-    try:
-        with connection.cursor() as cur:
-            cur.execute(
-                sql.POSTPONE_BATCH,
-                {"batch_id": batch.id, "delay": delay, "error": error[:2000]},
-            )
-    except (DatabaseError, InterfaceError):
-        connection.close()  # the lease then expires by itself; nothing is lost
+    """Let any relay take the batch again after ``delay`` seconds (same rows, same tokens).
+
+    Only the holder's release counts; a failure here is harmless (the lease then
+    expires by itself), so the caller's error handling decides what to do with it.
+    """
+    with connection.cursor() as cur:
+        cur.execute(
+            sql.POSTPONE_BATCH,
+            {**batch.holder, "delay": delay, "error": error[:2000]},
+        )

@@ -1,43 +1,124 @@
-"""Poison rows: bisect a batch ClickHouse rejected for its data, deliver the rest."""
+"""Sending rows, and isolating the ones ClickHouse refuses.
+
+An INSERT ClickHouse refuses writes nothing, so a refused INSERT is a cheap probe.
+When ClickHouse names the bad row (``at row N``), that row is set aside and the
+rest is sent again as one INSERT: a batch with k bad rows takes about 2k + 1
+inserts and leaves one part, not one part per good stretch. Without a row number
+the rows are bisected. Each row set aside is then sent alone: refused, it is
+rejected with ClickHouse's error; accepted, it was never bad. An INSERT too large
+for a proxy or for the server's memory is halved; one spanning more months than
+ClickHouse takes at once is split by month. A budget bounds the inserts of one
+attempt; what it leaves stays in the batch for the next attempt.
+"""
 
 from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
 from event_log import clickhouse
-from event_log.clickhouse import ClickHouseError
+from event_log.clickhouse import ClickHouseError, Failure
 from event_log.conf import EventLogSettings
-from event_log.relay.batch import Batch
+from event_log.relay.batch import Batch, event_id
+from event_log.relay.fence import renew_lease
+from event_log.relay.tokens import token_for
+
+# ClickHouse's default max_partitions_per_insert_block is 100.
+MONTHS_PER_INSERT = 50
 
 
-def isolate(
-    ch: Client, config: EventLogSettings, batch: Batch, error: ClickHouseError
-) -> list[tuple[int, ClickHouseError]]:
-    """Bisect a rejected batch: insert the good halves, return the bad rows.
+class InsertBudgetSpentError(Exception):
+    """This attempt sent as many INSERTs as EVENT_LOG_ISOLATION_MAX_INSERTS allows."""
 
-    Sub-batch tokens derive from the batch id and row positions, so a
-    retry after a crash re-sends the same sub-blocks and is deduplicated.
-    """
-    lines = batch.block.splitlines(keepends=True)
-    rejected: list[tuple[int, ClickHouseError]] = []
 
-    def split(lo: int, hi: int, failure: ClickHouseError) -> None:
-        if hi - lo == 1:
-            rejected.append((lo, failure))
-            return
-        mid = (lo + hi) // 2
-        for a, b in ((lo, mid), (mid, hi)):
-            try:
-                clickhouse.insert_tsv(
-                    ch,
-                    table=config.CLICKHOUSE_TABLE,
-                    block=b"".join(lines[a:b]),
-                    token=f"{batch.id}:{a}:{b}",
-                )
-            except ClickHouseError as sub_error:
-                if sub_error.transient:
-                    raise
-                split(a, b, sub_error)
+@dataclass(slots=True)
+class Sender:
+    """Sends rows of one batch as its holder, each INSERT under the token of its rows."""
 
-    split(0, len(lines), error)
-    return rejected
+    ch: Client
+    config: EventLogSettings
+    batch: Batch
+    timeout: float | None
+    generation: int = 0
+    inserts: int = 0
+
+    def insert(self, lines: list[bytes]) -> None:
+        """One INSERT of ``lines``, after renewing the lease (raises ``ClickHouseError``)."""
+        if self.inserts >= self.config.ISOLATION_MAX_INSERTS:
+            raise InsertBudgetSpentError(
+                f"batch {self.batch.id}: {self.inserts} inserts in this attempt"
+            )
+        self.inserts += 1
+        renew_lease(self.batch, lease=self.config.LEASE_SECONDS)
+        ids = [event_id(line) for line in lines]
+        clickhouse.insert_tsv(
+            self.ch,
+            table=self.config.CLICKHOUSE_TABLE,
+            block=b"".join(lines),
+            token=token_for(self.batch, ids, generation=self.generation),
+            timeout=self.timeout,
+        )
+
+    def send(
+        self, lines: list[bytes], *, refused: ClickHouseError | None = None
+    ) -> dict[uuid.UUID, ClickHouseError]:
+        """Send ``lines``; returns the rows ClickHouse refuses, with its error for each.
+
+        ``refused`` is the error of an INSERT of exactly ``lines`` that was already
+        tried. Raises ``ClickHouseError`` for a transient failure and
+        :class:`InsertBudgetSpentError` when the budget is spent.
+        """
+        rejected: dict[uuid.UUID, ClickHouseError] = {}
+        todo: list[tuple[list[bytes], ClickHouseError | None]] = [(lines, refused)]
+        while todo:
+            block, error = todo.pop()
+            if not block:
+                continue
+            if error is None:
+                try:
+                    self.insert(block)
+                    continue
+                except ClickHouseError as exc:
+                    error = exc
+            todo += _split(block, error, rejected)
+        return rejected
+
+
+def _split(
+    block: list[bytes], error: ClickHouseError, rejected: dict[uuid.UUID, ClickHouseError]
+) -> list[tuple[list[bytes], ClickHouseError | None]]:
+    """What to try next after ``block`` failed with ``error`` (last in, tried first)."""
+    failure = error.failure
+    if failure is Failure.TRANSIENT:
+        raise error
+    if len(block) == 1:
+        if failure is Failure.DATA or error.http_status == 413:
+            rejected[event_id(block[0])] = error
+            return []
+        raise error  # one row and still too much memory: a transient condition
+    if failure is Failure.DATA and error.row is not None and 1 <= error.row <= len(block):
+        suspect = error.row - 1
+        rest = block[:suspect] + block[suspect + 1 :]
+        return [([block[suspect]], None), (rest, None)]
+    if failure is Failure.TOO_MANY_PARTITIONS:
+        groups = _by_month(block)
+        if len(groups) > 1:
+            return [(group, None) for group in reversed(groups)]
+    middle = len(block) // 2
+    return [(block[middle:], None), (block[:middle], None)]
+
+
+def _by_month(block: list[bytes]) -> list[list[bytes]]:
+    """The rows in groups of at most MONTHS_PER_INSERT months, each in id order."""
+    months: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
+    for position, line in enumerate(block):
+        months[line.split(b"\t", 3)[2][:7]].append((position, line))
+    ordered = [months[key] for key in sorted(months)]
+    groups = []
+    for start in range(0, len(ordered), MONTHS_PER_INSERT):
+        rows = sorted(row for month in ordered[start : start + MONTHS_PER_INSERT] for row in month)
+        groups.append([line for _, line in rows])
+    return groups

@@ -5,23 +5,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import psycopg
 import sentry_sdk
 import structlog
 from clickhouse_connect.driver.client import Client
-from django.db import DatabaseError, InterfaceError, connection
+from django.db import Error as DjangoDatabaseError
+from django.db import connection
 
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
-from event_log.metrics import BATCH_DURATION, BATCH_FAILURES
+from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
 from event_log.relay.backoff import backoff_delay
-from event_log.relay.batch import Batch, RelayReport
+from event_log.relay.batch import Batch, Delivery, RelayReport
 from event_log.relay.claim import claim
-from event_log.relay.finish import finish, release
+from event_log.relay.fence import LeaseLostError
+from event_log.relay.finish import finish, finish_checked, release
 from event_log.relay.tracing import capture, trace
 from event_log.relay.write import write
 
 logger = structlog.get_logger(__name__)
+
+# PostgreSQL failures as Django raises them, and as psycopg raises them where Django
+# does not wrap (a connection terminated during COPY raises psycopg's AdminShutdown).
+DATABASE_ERRORS = (DjangoDatabaseError, psycopg.Error)
 
 Checkpoint = Callable[[str, "Batch"], None]
 
@@ -53,9 +60,11 @@ class Relay:
         # When the last batch was partial: batching by time as well as by size.
         self._partial_sent_at: float | None = None
         self._engine_memory_released_at = time.monotonic()
-        self._embedded_engine = (
+        self._embedded_engine_url = (
             clickhouse.embedded_path(self.clickhouse_url or clickhouse.clickhouse_url()) is not None
         )
+        # Whether to ask the engine to release memory (stops when it refuses).
+        self._embedded_engine = self._embedded_engine_url
 
     # -- the three steps -------------------------------------------------------
 
@@ -63,18 +72,18 @@ class Relay:
         """Take an expired batch or seal a new one; None when the outbox is empty."""
         return claim(self.config)
 
-    def write(self, batch: Batch) -> list[tuple[int, ClickHouseError]]:
-        """Insert the batch; returns the positions of rows rejected for their data.
-
-        Raises :class:`ClickHouseError` when the failure is transient.
-        """
+    def write(self, batch: Batch) -> Delivery:
+        """Insert the batch as its holder; returns what ClickHouse holds and refuses."""
         if not batch.block:
-            return []
-        return write(self.connect_clickhouse(), self.config, batch)
+            return Delivery(delivered=set())
+        timeout = None if self._embedded_engine_url else self.config.INSERT_TIMEOUT
+        return write(self.connect_clickhouse(), self.config, batch, timeout=timeout)
 
-    def finish(self, batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
-        """Delete the delivered batch; rejected rows go to the dead-letter table."""
-        finish(batch, rejected)
+    def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
+        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered)."""
+        if delivery.delivered is None:
+            return finish(batch), 0
+        return finish_checked(batch, delivery, delay=delay)
 
     # -- the loop --------------------------------------------------------------
 
@@ -102,7 +111,7 @@ class Relay:
             try:
                 with sentry_sdk.start_span(op="db", name="event_log seal batch"):
                     batch = self.claim()
-            except (DatabaseError, InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 db_failures += 1
                 if not self._wait_after_database_error(exc, db_failures, deadline, report):
                     break
@@ -138,74 +147,124 @@ class Relay:
             logger.info("clickhouse_engine_memory_release_unavailable", error=str(exc))
 
     def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
+        """One attempt at one batch, behind the relay's one error boundary.
+
+        Whatever fails — ClickHouse, PostgreSQL, the driver, a bug — the batch stays
+        sealed and is postponed with back-off, and the loop goes on: no exception
+        escapes a run. Returns False when the run should stop (its budget is spent).
+        """
         log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)
         started = time.perf_counter()
         self.checkpoint("sealed", batch)
         try:
             with sentry_sdk.start_span(op="db.clickhouse", name="event_log insert batch"):
-                rejected = self.write(batch)
-        except ClickHouseError as error:
-            return self._postpone(batch, error, deadline, report, log)
+                delivery = self.write(batch)
+        except Exception as exc:
+            return self._fail(batch, exc, deadline, report, log)
         self.checkpoint("inserted", batch)
         try:
+            delay = self._delay(batch, delivery.error) if delivery.left else 0.0
             with sentry_sdk.start_span(op="db", name="event_log delete batch"):
-                self.finish(batch, rejected)
-        except (DatabaseError, InterfaceError) as exc:
-            # The insert is done but the rows are still here: the batch stays sealed
-            # and is re-sent under the same token, which ClickHouse deduplicates.
-            report.failures += 1
-            report.errors.append(str(exc))
-            log.warning("outbox_batch_finish_failed", error=str(exc))
-            connection.close()
-            release(batch, delay=0.0, error=str(exc))
-            return True
+                deleted, dead_lettered = self.finish(batch, delivery, delay=delay)
+        except Exception as exc:
+            return self._fail(batch, exc, deadline, report, log)
         self.checkpoint("finished", batch)
         partial = batch.rows < self.config.BATCH_SIZE
         self._partial_sent_at = time.monotonic() if partial else None
         duration = time.perf_counter() - started
         BATCH_DURATION.observe(duration)
         report.batches += 1
-        report.delivered += batch.rows - len(rejected)
-        report.dead_lettered += len(rejected)
-        if rejected:
-            first_error = rejected[0][1]
+        report.delivered += deleted
+        report.dead_lettered += dead_lettered
+        if delivery.rejected:
+            first_error = next(iter(delivery.rejected.values()))
             log.error(
                 "outbox_events_dead_lettered",
-                dead_lettered=len(rejected),
+                dead_lettered=dead_lettered,
                 error=str(first_error),
                 error_code=first_error.code,
             )
-            capture(first_error, batch, dead_lettered=len(rejected))
-        log.info(
-            "outbox_batch_delivered",
-            delivered=batch.rows - len(rejected),
-            duration_ms=round(duration * 1000, 3),
-        )
+            capture(first_error, batch, dead_lettered=dead_lettered)
+        if delivery.left:
+            report.failures += 1
+            report.errors.append(str(delivery.error))
+            log.warning(
+                "outbox_batch_partly_delivered",
+                delivered=deleted,
+                left=delivery.left,
+                error=str(delivery.error),
+            )
+        log.info("outbox_batch_delivered", delivered=deleted, duration_ms=round(duration * 1000, 3))
         return True
 
-    def _postpone(
+    def _fail(
         self,
         batch: Batch,
-        error: ClickHouseError,
+        exc: Exception,
         deadline: float,
         report: RelayReport,
         log: structlog.stdlib.BoundLogger,
     ) -> bool:
+        """The relay's one error boundary: what any failure of a step means for the batch."""
+        if isinstance(exc, LeaseLostError):
+            report.leases_lost += 1
+            log.warning("outbox_batch_lease_lost")
+            return True
+        if isinstance(exc, ClickHouseError):
+            return self._postpone(batch, exc, deadline, report, log)
+        if isinstance(exc, DATABASE_ERRORS):
+            return self._postpone(batch, exc, deadline, report, log, database=True)
+        # A driver's own exception or a bug: the outbox must not wedge on it either.
+        log.exception("outbox_batch_crashed", error=str(exc))
+        return self._postpone(batch, exc, deadline, report, log)
+
+    def _delay(self, batch: Batch, error: BaseException | None) -> float:
+        """How long the batch waits before its next attempt."""
         delay = backoff_delay(
             batch.attempts, initial=self.config.BACKOFF_INITIAL, cap=self.config.BACKOFF_MAX
         )
+        if isinstance(error, ClickHouseError) and error.timed_out and not self._embedded_engine_url:
+            # The outcome is unknown and the server may still be working on the INSERT
+            # (up to max_execution_time): nobody looks the rows up before it is done.
+            delay = max(delay, self.config.INSERT_TIMEOUT)
+        return delay
+
+    def _postpone(
+        self,
+        batch: Batch,
+        error: BaseException,
+        deadline: float,
+        report: RelayReport,
+        log: structlog.stdlib.BoundLogger,
+        *,
+        database: bool = False,
+    ) -> bool:
+        delay = self._delay(batch, error)
+        failure = error if isinstance(error, ClickHouseError) else ClickHouseError(str(error))
         report.failures += 1
         report.errors.append(str(error))
         BATCH_FAILURES.inc()
-        capture(error, batch, retry_in_s=round(delay, 3))
-        log.warning(
-            "outbox_batch_failed",
-            error=str(error),
-            error_code=error.code,
-            retry_in_s=round(delay, 3),
-        )
-        self._drop_client()
-        release(batch, delay=delay, error=str(error))
+        stuck = batch.attempts >= self.config.ALERT_AFTER_ATTEMPTS
+        fields = {
+            "error": str(error)[:2000],
+            "error_code": getattr(error, "code", None) if not database else None,
+            "error_type": type(error).__name__,
+            "retry_in_s": round(delay, 3),
+        }
+        if stuck:
+            BATCHES_STUCK.inc()
+            log.error("outbox_batch_stuck", **fields)
+        else:
+            log.warning("outbox_batch_failed", **fields)
+        capture(failure, batch, retry_in_s=round(delay, 3), stuck=stuck)
+        if database:
+            connection.close()
+        else:
+            self._drop_client()
+        try:
+            release(batch, delay=delay, error=str(error))
+        except DATABASE_ERRORS:
+            connection.close()  # the lease then expires by itself; nothing is lost
         if time.monotonic() + delay >= deadline:
             return False
         self.sleep(delay)

@@ -1,65 +1,55 @@
-"""Re-sent batches: what ClickHouse already holds of a batch, and sending what it lacks."""
+"""What ClickHouse already holds of a batch, looked up by the table's sorting key.
+
+The token alone cannot say. A ClickHouse process that died in the middle of an
+INSERT (the embedded engine dies with its relay) can come back remembering the
+token without the rows, which a plain re-send would then lose; or holding the
+rows without the token, which a plain re-send would then duplicate; or holding
+some of the blocks of a multi-block INSERT. Every re-sent batch, and every batch
+whose rows went in more than one INSERT, is therefore checked here.
+"""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, timedelta
+from collections.abc import Iterator
 
-import structlog
 from clickhouse_connect.driver.client import Client
 from django.db import connection
 
 from event_log import clickhouse, sql
 from event_log.conf import EventLogSettings
 from event_log.relay.batch import Batch
-from event_log.relay.claim import copy_rows
 
-logger = structlog.get_logger(__name__)
+# Keys per lookup query: about 100 bytes each, well under ClickHouse's default
+# max_query_size (256 KiB) whatever the batch size.
+KEYS_PER_QUERY = 1_000
+
+Key = tuple[uuid.UUID, str, str]
 
 
-def stored_rows(
-    ch: Client, config: EventLogSettings, batch: Batch
-) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
-    """For a re-sent batch: which of its event ids ClickHouse holds, and all of them.
+def stored_event_ids(ch: Client, config: EventLogSettings, batch: Batch) -> set[uuid.UUID]:
+    """The batch's event ids that ClickHouse holds (raises ``ClickHouseError``).
 
-    The token alone cannot answer this. A ClickHouse process that died in the
-    middle of an INSERT (the embedded engine dies with its relay) can come back
-    remembering the token without the rows, which a plain re-send would then
-    lose; or holding the rows without the token, which a plain re-send would
-    then duplicate. Looking the ids up (through the table's sorting key) settles
-    both; first attempts, the common case, skip it.
+    The lookup names each row by the whole sorting key ``(event_type,
+    event_date_time, event_id)``, so ClickHouse reads only the granules that can
+    hold them, however many months apart a batch's events are (a replayed event).
     """
     with connection.cursor() as cur:
-        cur.execute(sql.BATCH_EVENT_RANGE, batch.keys)
-        event_types, first_at, last_at = cur.fetchone()
-        cur.execute(sql.BATCH_EVENT_IDS, batch.keys)
-        expected = {row[0] for row in cur.fetchall()}
-    if not expected:
-        return set(), expected
-    # Naive UTC, widened: the bounds only narrow the scan to the sorting key.
-    margin = timedelta(minutes=1)
-    result = ch.query(
-        sql.STORED_EVENT_IDS.format(table=config.CLICKHOUSE_TABLE),
-        parameters={
-            "types": tuple(event_types),
-            "first_at": first_at.astimezone(UTC).replace(tzinfo=None) - margin,
-            "last_at": last_at.astimezone(UTC).replace(tzinfo=None) + margin,
-            "ids": tuple(expected),
-        },
-    )
-    return {row[0] for row in result.result_rows} & expected, expected
+        cur.execute(sql.BATCH_EVENT_KEYS, batch.keys)
+        keys = cur.fetchall()
+    stored: set[uuid.UUID] = set()
+    for chunk in _chunks(keys, KEYS_PER_QUERY):
+        literal = ",".join(
+            f"({clickhouse.quote(event_type)},{clickhouse.quote(at)},'{event_id}')"
+            for event_id, event_type, at in chunk
+        )
+        statement = sql.STORED_EVENT_IDS.format(table=config.CLICKHOUSE_TABLE, keys=literal)
+        stored.update(
+            row[0] for row in clickhouse.query_rows(ch, statement, timeout=config.INSERT_TIMEOUT)
+        )
+    return stored
 
 
-def send_missing(
-    ch: Client, config: EventLogSettings, batch: Batch, missing: set[uuid.UUID]
-) -> None:
-    """Send rows verifiably absent from ClickHouse, under a token of this attempt."""
-    logger.warning("outbox_batch_rows_missing", batch_id=str(batch.id), missing=len(missing))
-    with connection.cursor() as cur:
-        block = copy_rows(cur, batch, only=missing)
-    clickhouse.insert_tsv(
-        ch,
-        table=config.CLICKHOUSE_TABLE,
-        block=block,
-        token=f"{batch.id}:attempt-{batch.attempts}",
-    )
+def _chunks(items: list[Key], size: int) -> Iterator[list[Key]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

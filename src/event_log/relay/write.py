@@ -1,48 +1,85 @@
-"""Step 2, write: one ClickHouse INSERT of the batch under its token."""
+"""Step 2, write: the batch's rows into ClickHouse, each row once.
+
+The fast path, a first attempt whose one INSERT ClickHouse acknowledges, costs a
+lease renewal and the INSERT. Everything else (a re-sent batch, rows refused,
+an INSERT too large) ends by looking up which rows ClickHouse holds, so the
+outcome is what ClickHouse has, not what it answered.
+"""
 
 from __future__ import annotations
 
+import uuid
+
+import structlog
 from clickhouse_connect.driver.client import Client
 
-from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings
-from event_log.relay.batch import Batch
-from event_log.relay.isolate import isolate
-from event_log.relay.verify import send_missing, stored_rows
+from event_log.relay.batch import Batch, Delivery, event_id
+from event_log.relay.isolate import InsertBudgetSpentError, Sender
+from event_log.relay.verify import stored_event_ids
+
+logger = structlog.get_logger(__name__)
+
+# Token generations tried in one attempt for rows acknowledged but not stored.
+GENERATIONS = 3
 
 
-def write(ch: Client, config: EventLogSettings, batch: Batch) -> list[tuple[int, ClickHouseError]]:
-    """Insert the batch; returns the positions of rows rejected for their data.
+def write(ch: Client, config: EventLogSettings, batch: Batch, *, timeout: float | None) -> Delivery:
+    """Insert the batch; returns what ClickHouse holds and refuses.
 
-    Raises :class:`ClickHouseError` when the failure is transient.
+    Raises ``ClickHouseError`` for a transient failure and
+    ``relay.fence.LeaseLostError`` when another relay took the batch over.
     """
-    if not batch.block:
-        return []
-    if batch.attempts > 1:
-        stored, expected = stored_rows(ch, config, batch)
-        if stored == expected:
-            return []  # the earlier attempt's INSERT landed
-        if stored:
-            try:
-                send_missing(ch, config, batch, expected - stored)
-            except ClickHouseError as error:
-                if error.transient:
-                    raise
-                # Poison among the missing rows: bisect the whole batch, as the
-                # first attempt did (its sub-batch tokens deduplicate what landed).
-            else:
-                return []
-    try:
-        clickhouse.insert_tsv(
-            ch, table=config.CLICKHOUSE_TABLE, block=batch.block, token=str(batch.id)
+    lines = batch.lines()
+    sender = Sender(ch=ch, config=config, batch=batch, timeout=timeout)
+    rejected: dict[uuid.UUID, ClickHouseError] = {}
+    if len(lines) == 1 and len(lines[0]) > config.BATCH_MAX_BYTES:
+        rejected[event_id(lines[0])] = ClickHouseError(
+            f"the event's row is {len(lines[0])} bytes, over EVENT_LOG_BATCH_MAX_BYTES "
+            f"({config.BATCH_MAX_BYTES}); it was not sent"
         )
-    except ClickHouseError as error:
-        if error.transient:
-            raise
-        return isolate(ch, config, batch, error)
-    if batch.attempts > 1:
-        stored, expected = stored_rows(ch, config, batch)
-        if stored != expected:
-            send_missing(ch, config, batch, expected - stored)
-    return []
+        return Delivery(delivered=set(), rejected=rejected)
+    refused = None
+    if batch.attempts == 1:
+        try:
+            sender.insert(lines)
+        except ClickHouseError as first_error:
+            if first_error.transient:
+                raise
+            refused = first_error
+        else:
+            return Delivery()
+        pending = lines
+    else:
+        stored = stored_event_ids(ch, config, batch)
+        pending = [line for line in lines if event_id(line) not in stored]
+        if not pending:
+            return Delivery(delivered=stored)
+    try:
+        rejected |= sender.send(pending, refused=refused)
+        for generation in range(1, GENERATIONS + 1):
+            stored = stored_event_ids(ch, config, batch)
+            done = stored | set(rejected)
+            missing = [line for line in lines if event_id(line) not in done]
+            if not missing:
+                return Delivery(delivered=stored, rejected=rejected)
+            # Acknowledged yet absent: ClickHouse kept a token without its rows.
+            logger.warning(
+                "outbox_batch_rows_missing",
+                batch_id=str(batch.id),
+                missing=len(missing),
+                generation=generation,
+            )
+            sender.generation = generation
+            rejected |= sender.send(missing)
+        error = ClickHouseError(
+            f"ClickHouse acknowledged rows of batch {batch.id} it does not hold, "
+            f"{GENERATIONS + 1} times"
+        )
+    except InsertBudgetSpentError as exc:
+        error = ClickHouseError(f"{exc}: the rest waits for the next attempt")
+    stored = stored_event_ids(ch, config, batch)
+    done = stored | set(rejected)
+    left = sum(1 for line in lines if event_id(line) not in done)
+    return Delivery(delivered=stored, rejected=rejected, left=left, error=error)

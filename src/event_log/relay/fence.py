@@ -1,0 +1,25 @@
+"""Fencing: only the current holder of a batch inserts it, finishes it or postpones it."""
+
+from __future__ import annotations
+
+from django.db import connection
+
+from event_log import sql
+from event_log.relay.batch import Batch
+
+
+class LeaseLostError(Exception):
+    """Another relay took the batch over: this one must leave it alone."""
+
+
+def renew_lease(batch: Batch, *, lease: float) -> None:
+    """Renew this holder's lease right before an INSERT, or raise :class:`LeaseLostError`.
+
+    A relay paused past its lease (GC, SIGSTOP, a slow disk) finds the batch under
+    another attempt number and sends nothing: its first attempt cannot land after
+    the batch was delivered and more inserts than the deduplication window followed.
+    """
+    with connection.cursor() as cur:
+        cur.execute(sql.RENEW_LEASE, {**batch.holder, "lease": lease})
+        if cur.fetchone() is None:
+            raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
