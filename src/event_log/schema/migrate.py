@@ -1,4 +1,4 @@
-"""ClickHouse schema: versioned DDL files applied in order, idempotently.
+"""Versioned DDL files applied in order, once each.
 
 Each file in ``clickhouse_migrations/`` is applied once; applied versions are
 recorded in ``schema_migrations`` inside the target database. ``{table}`` in a
@@ -18,7 +18,7 @@ from event_log.conf import event_log_settings
 
 logger = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "clickhouse_migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "clickhouse_migrations"
 LEDGER = "schema_migrations"
 
 
