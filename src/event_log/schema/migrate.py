@@ -1,13 +1,14 @@
-"""Versioned DDL files applied in order, once each.
+"""``clickhouse_migrate``: bring the event table to the current schema, or say why not.
 
-Each file in ``clickhouse_migrations/`` is applied once; applied versions are
-recorded in ``schema_migrations`` inside the target database. ``{table}`` in a
-file is replaced by the configured event table.
+In order: convert the previous service's table if that is what holds the name
+(``legacy``), apply each pending DDL file once (applied versions are recorded in
+``schema_migrations`` inside the target database), then check the table really is
+fit for the event log and repair its settings (``verify``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -15,18 +16,33 @@ from clickhouse_connect.driver.client import Client
 
 from event_log import clickhouse
 from event_log.conf import event_log_settings
+from event_log.schema import ddl, legacy, verify
 
 logger = structlog.get_logger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "clickhouse_migrations"
 LEDGER = "schema_migrations"
-
-
 UNKNOWN_DATABASE = 81
 
 
-def migrate(url: str) -> list[str]:
-    """Apply pending DDL to the ClickHouse at ``url``, creating its database first if needed."""
+@dataclass(slots=True)
+class MigrationReport:
+    """What a migration did: files applied, legacy table converted, settings repaired."""
+
+    applied: list[str] = field(default_factory=list)
+    upgraded: legacy.LegacyUpgrade | None = None
+    repaired: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied or self.upgraded or self.repaired)
+
+
+def migrate(url: str) -> MigrationReport:
+    """Migrate the ClickHouse at ``url``, creating its database first if needed.
+
+    Raises :class:`verify.TableNotReadyError` or :class:`legacy.LegacyUpgradeError`
+    when the table cannot be made fit (nothing changed), ClickHouseError otherwise.
+    """
     try:
         ch = clickhouse.connect(url)
     except clickhouse.ClickHouseError as exc:
@@ -43,14 +59,13 @@ def migrate(url: str) -> list[str]:
         ch.close()
 
 
-def migration_files() -> list[Path]:
-    return sorted(MIGRATIONS_DIR.glob("*.sql"))
-
-
-def apply_migrations(ch: Client, *, table: str | None = None) -> list[str]:
-    """Create the database if needed and apply pending DDL; returns the applied versions."""
+def apply_migrations(
+    ch: Client, *, table: str | None = None, database: str | None = None
+) -> MigrationReport:
+    """Create the database if needed, convert a legacy table, apply pending DDL, verify."""
     table = table or event_log_settings().CLICKHOUSE_TABLE
-    database = ch.database or "default"
+    database = database or ch.database or "default"
+    report = MigrationReport()
     # The client may have been created for a database that does not exist yet.
     ch.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     ch.command(
@@ -58,23 +73,28 @@ def apply_migrations(ch: Client, *, table: str | None = None) -> list[str]:
         "(version String, applied_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
+    report.upgraded = legacy.upgrade_legacy_table(ch, database=database, table=table)
     done = {
         row[0]
         for row in ch.query(
             f"SELECT version FROM `{database}`.{LEDGER} FINAL"  # noqa: S608 (identifiers only)
         ).result_rows
     }
-    applied = []
-    for path in migration_files():
+    # A table missing while the ledger says its files ran (dropped by hand, or
+    # another EVENT_LOG_CLICKHOUSE_TABLE) gets them all, in order.
+    exists = verify.inspect_table(ch, database=database, table=table).engine is not None
+    for path in ddl.migration_files():
         version = path.stem
+        if version in done and exists:
+            continue
+        ch.command(ddl.render(path, database=database, table=table))
         if version in done:
             continue
-        ddl = path.read_text().replace("{table}", f"`{database}`.`{table}`")
-        ch.command(ddl)
         ch.command(
             f"INSERT INTO `{database}`.{LEDGER} (version) VALUES (%(version)s)",  # noqa: S608
             parameters={"version": version},
         )
         logger.info("clickhouse_migration_applied", version=version, database=database)
-        applied.append(version)
-    return applied
+        report.applied.append(version)
+    report.repaired = verify.verify_table(ch, database=database, table=table)
+    return report
