@@ -72,7 +72,7 @@ FULL = Sizes(
     trickle_gap=0.1,
     memory_events=1_000_000,
     sample_every=1,
-    fsync_batches=20,
+    fsync_batches=40,
     fsync_rows=5_000,
 )
 QUICK = Sizes(
