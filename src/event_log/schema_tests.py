@@ -362,7 +362,7 @@ def test_a_conversion_cut_short_mid_copy_is_finished_by_the_next_run_without_dup
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database="default", table=staging)
+    ddl.create_table(client, database=client.database or "default", table=staging)
     # A first month copied whole, the second cut short (as a crash would leave them).
     first, second = sorted(
         row[0]
@@ -389,7 +389,7 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database="default", table=staging)
+    ddl.create_table(client, database=client.database or "default", table=staging)
     client.command(
         f"INSERT INTO {staging} SELECT generateUUIDv4(), event_type, event_date_time, "
         f"environment, event_context, toUInt64(metadata_version) FROM {table}"
