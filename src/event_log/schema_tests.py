@@ -340,6 +340,7 @@ def test_migrate_converts_the_previous_services_table_keeping_every_row(
     ids = [row[0] for row in client.query(f"SELECT event_id FROM {table}").result_rows]
     assert len(set(ids)) == len(ids) == len(before)
     assert schema.verify_table(client, table=table) == {}
+    assert legacy._comment(client, client.database or "default", table) == ""
     [kept] = [t for t in tables_like(client, table) if t != table]
     assert kept.startswith(f"{table}_legacy_")
     assert f"`{kept}`" in report.upgraded.legacy_table
@@ -363,6 +364,7 @@ def test_a_conversion_cut_short_mid_copy_is_finished_by_the_next_run_without_dup
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
     ddl.create_table(client, database=client.database or "default", table=staging)
+    client.command(f"ALTER TABLE {staging} MODIFY COMMENT '{legacy.STAGING_COMMENT}'")
     # A first month copied whole, the second cut short (as a crash would leave them).
     first, second = sorted(
         row[0]
@@ -372,7 +374,7 @@ def test_a_conversion_cut_short_mid_copy_is_finished_by_the_next_run_without_dup
     )[:2]
     for month, limit in ((first, 1_000_000), (second, 100)):
         client.command(
-            legacy._COPY.format(staging=staging, legacy=table, month=month).replace(
+            legacy.COPY_MONTH.format(staging=staging, legacy=table, month=month).replace(
                 "SETTINGS", f"LIMIT {limit} SETTINGS"
             )
         )
@@ -419,3 +421,29 @@ def test_a_previous_services_table_with_rows_the_new_one_refuses_is_left_untouch
     assert "nothing was changed" in str(refused.value)
     assert tables_like(client, table) == [table]
     assert len(content(client, table)) == len(before) + 1
+
+
+def test_a_table_under_the_copys_name_that_is_not_the_copy_is_refused_and_kept(client, scratch):
+    table = scratch()
+    make_legacy(client, table)
+    staging = f"{table}{legacy.STAGING_SUFFIX}"
+    client.command(f"CREATE TABLE {staging} {COLUMNS} ENGINE = {MERGE_TREE}")
+    client.command(
+        f"INSERT INTO {staging} VALUES (generateUUIDv4(), 'login', now64(6), 'x', '{{}}', 1)"
+    )
+
+    with pytest.raises(schema.LegacyUpgradeError, match="is not a copy in progress"):
+        schema.apply_migrations(client, table=table)
+
+    assert client.command(f"SELECT count() FROM {staging}") == 1
+    assert tables_like(client, table) == [table, staging]
+
+
+def test_the_relays_check_points_at_clickhouse_migrate_for_the_previous_services_table(
+    client, scratch
+):
+    table = scratch()
+    make_legacy(client, table)
+
+    with pytest.raises(schema.TableNotReadyError, match="previous service's table"):
+        schema.ensure_table_ready(client, table=table)

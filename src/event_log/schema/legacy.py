@@ -9,7 +9,9 @@ swap, safe to interrupt at any point and to run again:
 1. one scan of the old table: rows and a digest per month (UTC), and the rows the
    new table would refuse (a negative ``metadata_version``, an ``event_context``
    that is not JSON); any of those and nothing is written;
-2. ``<table>_upgrade`` is created with the current DDL (every migration file);
+2. ``<table>_upgrade`` is created with the current DDL (every migration file) and
+   marked as the copy by its comment (a table of that name without the mark is
+   refused, never dropped from);
 3. month by month, ``INSERT … SELECT`` with a new random ``event_id`` per row.
    A month of the copy whose rows and digest already match the old table's is
    kept; any other is dropped and copied again, so a copy cut short by a crash is
@@ -41,13 +43,16 @@ logger = structlog.get_logger(__name__)
 STAGING_SUFFIX = "_upgrade"
 LEGACY_INFIX = "_legacy_"
 VIOLATED_CONSTRAINT = 469
+# Marks the copy as ours: a resumed run drops months of it, so it must never
+# mistake someone else's table for it.
+STAGING_COMMENT = "event log conversion in progress; do not use"
 
 # The same expression on both tables: types are brought to the old ones' first.
 _DIGEST = (
     "sum(cityHash64(CAST(event_type AS String), toUnixTimestamp64Micro(event_date_time), "
     "CAST(environment AS String), event_context, toInt64(metadata_version)))"
 )
-_COPY = """
+COPY_MONTH = """
 INSERT INTO {staging}
     (event_id, event_type, event_date_time, environment, event_context, metadata_version)
 SELECT generateUUIDv4(), event_type, toTimeZone(event_date_time, 'UTC'), environment,
@@ -104,13 +109,14 @@ def _upgrade(ch: Client, *, database: str, table: str) -> LegacyUpgrade | None:
     months = _month_stats(ch, source, extra=True)
     _refuse_rows_that_cannot_move(source, months)
     staging_columns = _column_types(ch, database, staging)
-    if staging_columns and "event_id" not in staging_columns:
+    if staging_columns and _comment(ch, database, staging) != STAGING_COMMENT:
         raise LegacyUpgradeError(
             f"ClickHouse table {target} exists and is not a copy in progress: rename or drop "
             f"it, then run `manage.py clickhouse_migrate` again to convert {source}."
         )
     if not staging_columns:
         ddl.create_table(ch, database=database, table=staging)
+        ch.command(f"ALTER TABLE {target} MODIFY COMMENT '{STAGING_COMMENT}'")
     verify.verify_table(ch, database=database, table=staging)
     total = sum(stats[0] for stats in months.values())
     logger.info("clickhouse_legacy_upgrade_started", table=source, rows=total, months=len(months))
@@ -161,6 +167,7 @@ def _set_aside(
     """Rename the old table (now under the staging name) out of the way."""
     legacy = f"{table}{LEGACY_INFIX}{datetime.now(UTC):%Y%m%d%H%M%S}"
     ch.command(f"RENAME TABLE `{database}`.`{table}{STAGING_SUFFIX}` TO `{database}`.`{legacy}`")
+    ch.command(f"ALTER TABLE `{database}`.`{table}` MODIFY COMMENT ''")
     done = LegacyUpgrade(
         table=f"`{database}`.`{table}`",
         legacy_table=f"`{database}`.`{legacy}`",
@@ -203,7 +210,7 @@ def _refuse_rows_that_cannot_move(source: str, months: dict[int, tuple[int, ...]
 
 def _copy_month(ch: Client, *, source: str, target: str, month: int) -> None:
     try:
-        ch.command(_COPY.format(staging=target, legacy=source, month=int(month)))
+        ch.command(COPY_MONTH.format(staging=target, legacy=source, month=int(month)))
     except Exception as exc:
         error = ClickHouseError.from_exception(exc)
         if error.code == VIOLATED_CONSTRAINT:
@@ -231,6 +238,14 @@ def _month_stats(
 def _count(ch: Client, table: str) -> int:
     rows = ch.query(f"SELECT count() FROM {table}").result_rows  # noqa: S608 (identifiers only)
     return int(rows[0][0])
+
+
+def _comment(ch: Client, database: str, table: str) -> str:
+    rows = ch.query(
+        "SELECT comment FROM system.tables WHERE database = %(db)s AND name = %(t)s",
+        parameters={"db": database, "t": table},
+    ).result_rows
+    return str(rows[0][0]) if rows else ""
 
 
 def _column_types(ch: Client, database: str, table: str) -> dict[str, str]:
