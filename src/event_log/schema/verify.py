@@ -120,14 +120,13 @@ def assess(shape: TableShape) -> Assessment:
             "ReplicatedMergeTree, which deduplicate retried inserts and never fold rows "
             "together in merges: create a table with the DDL of "
             "src/event_log/clickhouse_migrations/ under another name, copy the rows "
-            "(INSERT … SELECT) and EXCHANGE TABLES (docs/operations.md)."
+            '(INSERT … SELECT) and EXCHANGE TABLES (docs/architecture.md, "The tables").'
         )
     problems += _column_problems(shape)
-    if problems:
+    if problems or window_setting is None:
         return Assessment({}, problems, [])
 
     repairs: dict[str, str] = {}
-    assert window_setting is not None  # noqa: S101 (refused above)
     if _as_int(shape.setting(window_setting)) < DEDUP_WINDOW_MIN:
         repairs[window_setting] = str(DEDUP_WINDOW_MIN)
     fsync_off = []
