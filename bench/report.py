@@ -106,6 +106,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
                 off["check"],
                 "OK" if off["exactly_once"] else "FAIL",
             )
+    if "fsync" in results:
+        f = results["fsync"]
+        add(
+            "fsync on insert: both tables hold every row once",
+            f"{f['batches']} INSERTs of {f['rows_per_batch']:,} rows each",
+            "OK" if f["exactly_once"] else "FAIL",
+        )
     return rows
 
 
@@ -309,6 +316,32 @@ def render(results: dict[str, Any]) -> str:
                 f"{off['trend_mb']:+.1f} MiB, {off['events_per_s']:,.0f} ev/s, exactly once "
                 f"{'OK' if off['exactly_once'] else 'FAIL'}"
             )
+    if "fsync" in results:
+        f = results["fsync"]
+        out += [
+            "",
+            f"6. fsync on insert — {f['batches']} INSERTs of {f['rows_per_batch']:,} rows into "
+            "each table, alternately",
+            table(
+                ["table", "median ms", "p90 ms", "max ms", "ev/s"],
+                [
+                    [
+                        label,
+                        f"{f[key]['median_ms']:.1f}",
+                        f"{f[key]['p90_ms']:.1f}",
+                        f"{f[key]['max_ms']:.1f}",
+                        f"{f[key]['events_per_s']:,.0f}",
+                    ]
+                    for key, label in (
+                        ("on", "fsync_after_insert = 1, fsync_part_directory = 1"),
+                        ("off", "fsync_after_insert = 0, fsync_part_directory = 0"),
+                    )
+                ],
+                {1, 2, 3, 4},
+            ),
+            f"fsync on takes {f['median_ratio']:.2f}x the time per INSERT "
+            f"({f['added_median_ms']:+.1f} ms, medians)",
+        ]
     if results.get("targets"):
         out += [
             "",
@@ -363,7 +396,7 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def _loads(results: dict[str, Any]) -> str:
     parts = []
-    for section in ("publish", "throughput", "latency", "memory"):
+    for section in ("publish", "throughput", "latency", "memory", "fsync"):
         load = results.get(section, {}).get("loadavg_before")
         if load:
             parts.append(f"{section} {load[0]:.2f}")

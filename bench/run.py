@@ -7,7 +7,8 @@
 3. latency — commit to delivered at a steady rate, with the on-commit kick and
    with Beat alone, through a real Celery worker;
 4. insert economy — ClickHouse INSERTs per 10,000 events under load and idle;
-5. memory — RSS of one relay process draining a large backlog.
+5. memory — RSS of one relay process draining a large backlog;
+6. fsync — the same INSERTs into a table with fsync on insert and one without.
 
 The run uses databases of its own (see ``harness``), prints a table and writes
 the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
@@ -29,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fsync_cost
 import harness
 import latency
 import memory
@@ -36,7 +38,7 @@ import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Sizes:
     trickle_gap: float
     memory_events: int
     sample_every: int
+    fsync_batches: int
+    fsync_rows: int
 
 
 FULL = Sizes(
@@ -68,6 +72,8 @@ FULL = Sizes(
     trickle_gap=0.1,
     memory_events=1_000_000,
     sample_every=1,
+    fsync_batches=40,
+    fsync_rows=5_000,
 )
 QUICK = Sizes(
     publish_rounds=200,
@@ -82,6 +88,8 @@ QUICK = Sizes(
     trickle_gap=0.1,
     memory_events=100_000,
     sample_every=1,
+    fsync_batches=6,
+    fsync_rows=5_000,
 )
 
 
@@ -197,6 +205,14 @@ def main() -> int:
                     sample_every=sizes.sample_every,
                     progress=say,
                 )
+            )
+        if "fsync" in only:
+            say(
+                f"6. fsync on insert: {sizes.fsync_batches} INSERTs of {sizes.fsync_rows:,} rows "
+                "into a table with it and one without"
+            )
+            results["fsync"] = _timed(
+                lambda: fsync_cost.run(probe, batches=sizes.fsync_batches, rows=sizes.fsync_rows)
             )
     finally:
         from django.db import connections  # noqa: PLC0415

@@ -7,12 +7,17 @@ from event_log.clickhouse import ClickHouseError
 
 
 class Command(BaseCommand):
-    help = "Create the ClickHouse database and apply pending event-log DDL (idempotent)."
+    help = (
+        "Create the ClickHouse database, convert the previous service's event table, apply "
+        "pending event-log DDL and check the table is fit (idempotent)."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         url = clickhouse.clickhouse_url()
         try:
-            applied = schema.migrate(url)
+            report = schema.migrate(url)
+        except (schema.TableNotReadyError, schema.LegacyUpgradeError) as exc:
+            raise CommandError(str(exc)) from None
         except ClickHouseError as exc:
             raise CommandError(f"ClickHouse at {clickhouse.mask_url(url)} failed: {exc}") from None
         except Exception as exc:  # clickhouse-connect raises its own types for DDL errors
@@ -20,7 +25,17 @@ class Command(BaseCommand):
             raise CommandError(
                 f"ClickHouse at {clickhouse.mask_url(url)} failed: {error}"
             ) from None
-        if applied:
-            self.stdout.write(f"applied: {', '.join(applied)}")
-        else:
+        if report.upgraded:
+            up = report.upgraded
+            self.stdout.write(
+                f"converted {up.table} from the previous service's schema: {up.rows:,} rows "
+                f"in {up.months} months ({up.seconds:.1f} s); the old table is kept as "
+                f"{up.legacy_table}: drop it once you are satisfied"
+            )
+        if report.applied:
+            self.stdout.write(f"applied: {', '.join(report.applied)}")
+        if report.repaired:
+            settings = ", ".join(f"{k} = {v}" for k, v in report.repaired.items())
+            self.stdout.write(f"repaired table settings: {settings}")
+        if not report.changed:
             self.stdout.write("ClickHouse schema is up to date")
