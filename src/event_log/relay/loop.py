@@ -12,7 +12,7 @@ from clickhouse_connect.driver.client import Client
 from django.db import Error as DjangoDatabaseError
 from django.db import connection
 
-from event_log import clickhouse
+from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
 from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
@@ -77,7 +77,10 @@ class Relay:
         if not batch.block:
             return Delivery(delivered=set())
         timeout = None if self._embedded_engine_url else self.config.INSERT_TIMEOUT
-        return write(self.connect_clickhouse(), self.config, batch, timeout=timeout)
+        ch = self.connect_clickhouse()
+        # Once per client: a table that cannot keep exactly-once gets nothing.
+        schema.ensure_table_ready(ch, table=self.config.CLICKHOUSE_TABLE)
+        return write(ch, self.config, batch, timeout=timeout)
 
     def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
         """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered)."""
