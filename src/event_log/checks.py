@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
+from event_log.clickhouse import CONNECT_TIMEOUT_MAX
 from event_log.conf import event_log_settings
 
 
@@ -36,12 +37,18 @@ def check_event_log_settings(**_: Any) -> list[CheckMessage]:
                 id="event_log.W001",
             )
         )
-    if config.INSERT_TIMEOUT >= config.LEASE_SECONDS:
+    guarded = config.INSERT_TIMEOUT + min(config.INSERT_TIMEOUT, CONNECT_TIMEOUT_MAX)
+    if guarded >= config.LEASE_SECONDS:
         messages.append(
             Warning(
-                "EVENT_LOG_INSERT_TIMEOUT is not shorter than EVENT_LOG_LEASE_SECONDS.",
-                hint="An insert still waiting when its lease ends lets another relay send "
-                "the batch too; keep the timeout well under the lease.",
+                f"One INSERT can outlast its lease: connecting (up to "
+                f"{min(config.INSERT_TIMEOUT, CONNECT_TIMEOUT_MAX):g} s) plus "
+                f"EVENT_LOG_INSERT_TIMEOUT ({config.INSERT_TIMEOUT:g} s) is not shorter than "
+                f"EVENT_LOG_LEASE_SECONDS ({config.LEASE_SECONDS:g} s).",
+                hint="The relay renews its lease right before each INSERT, and the server "
+                "stops an INSERT after EVENT_LOG_INSERT_TIMEOUT; if that can end after the "
+                "lease, another relay may look the batch up while the INSERT still runs. "
+                "Lower the timeout or lengthen the lease.",
                 id="event_log.W002",
             )
         )

@@ -44,6 +44,9 @@ MEMORY_LIMIT_EXCEEDED = 241
 TOO_MANY_PARTS = 252  # also raised for "too many partitions for single INSERT block"
 TIMEOUT_EXCEEDED = 159
 SOCKET_TIMEOUT = 209
+# Longest the relay's client waits to connect to a server (a shorter
+# EVENT_LOG_INSERT_TIMEOUT shortens it).
+CONNECT_TIMEOUT_MAX = 10.0
 _CODE = re.compile(r"Code: (\d+)")
 _ROW = re.compile(r"at row (\d+)")
 _HTTP_STATUS = re.compile(r"HTTP status (\d{3})")
@@ -144,7 +147,7 @@ def connect(url: str | None = None, *, timeout: float | None = None, **kwargs: A
         path.mkdir(parents=True, exist_ok=True)
     elif timeout is not None:
         kwargs.setdefault("send_receive_timeout", timeout)
-        kwargs.setdefault("connect_timeout", min(timeout, 10.0))
+        kwargs.setdefault("connect_timeout", min(timeout, CONNECT_TIMEOUT_MAX))
     if urlsplit(url).scheme == "https":
         # clickhouse-connect infers TLS from the port, not from the DSN's scheme:
         # without this, https://host:9000 would be spoken to in plain HTTP.

@@ -83,9 +83,7 @@ def test_a_relay_paused_past_its_lease_sends_nothing_when_it_wakes(ch, monkeypat
     ch.command(f"ALTER TABLE {ch.table} MODIFY SETTING non_replicated_deduplication_window = 1")
     try:
         thread, paused = in_thread(
-            lambda: Relay(config=fast_config(BATCH_SIZE=1_000), checkpoint=pause).run(
-                max_batches=1
-            )
+            lambda: Relay(config=fast_config(BATCH_SIZE=1_000), checkpoint=pause).run(max_batches=1)
         )
         assert pause.reached.wait(30)
         expire_leases()
@@ -140,9 +138,7 @@ def test_a_sub_batch_whose_token_clickhouse_kept_without_its_rows_is_completed(c
     assert_exactly_once(ch, published)
 
 
-def test_an_insert_that_lands_after_its_client_gave_up_is_dropped_as_a_duplicate(
-    ch, monkeypatch
-):
+def test_an_insert_that_lands_after_its_client_gave_up_is_dropped_as_a_duplicate(ch, monkeypatch):
     """Item 6: the same rows go under the same token whichever attempt sends them."""
     published = publish_pings(300)
     batch = Relay(config=fast_config(BATCH_SIZE=1_000)).claim()
@@ -228,3 +224,18 @@ def test_a_batch_taken_over_while_its_first_holder_waits_is_finished_by_the_new_
 
     batch = OutboxBatch.objects.get()
     assert batch.last_error == "", "a stale holder cannot postpone the batch"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "lease", "warned"), [(15.0, 30.0, False), (20.0, 30.0, True), (2.0, 3.0, True)]
+)
+def test_the_check_warns_when_one_guarded_insert_can_outlast_the_lease(
+    settings, timeout, lease, warned
+):
+    from event_log.checks import check_event_log_settings
+
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "INSERT_TIMEOUT": timeout, "LEASE_SECONDS": lease}
+
+    ids = [message.id for message in check_event_log_settings()]
+
+    assert ("event_log.W002" in ids) is warned
