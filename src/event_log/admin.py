@@ -85,9 +85,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyAdmin):
-    list_display = ("id", "event_type", "event_id", "event_date_time", "batch")
+    list_display = ("id", "event_type", "event_id", "event_time", "batch")
     list_filter = ("event_type",)
     show_full_result_count = False
+    # event_date_time as text, as for dead letters: a replayed dead letter may be dated
+    # where a datetime cannot follow.
+    fields = (
+        "event_id",
+        "event_type",
+        "event_time",
+        "environment",
+        "event_context",
+        "metadata_version",
+        "batch",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxEvent]:
+        return with_timestamps_as_text(super().get_queryset(request), ("event_date_time",))
+
+    @admin.display(description="event date time", ordering="event_date_time")
+    def event_time(self, event: OutboxEvent) -> str:
+        return str(getattr(event, "event_date_time_text", ""))
 
 
 @admin.register(OutboxBatch)

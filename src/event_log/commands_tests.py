@@ -178,3 +178,18 @@ def test_purge_refuses_an_age_that_is_not_a_number_of_days_ago(days):
         run_command("purge", f"--older-than-days={days}", "--yes")
 
     assert DeadLetter.objects.count() == 1
+
+
+def test_admin_lists_and_opens_an_outbox_event_dated_at_infinity(admin_client):
+    (event_id,) = publish_pings(1)
+    with connection.cursor() as cur:
+        cur.execute("UPDATE event_log_outbox SET event_date_time = 'infinity'")
+    pk = OutboxEvent.objects.values_list("pk", flat=True).get(event_id=event_id)
+
+    listing = admin_client.get("/admin/event_log/outboxevent/")
+    page = admin_client.get(f"/admin/event_log/outboxevent/{pk}/change/")
+
+    assert listing.status_code == 200
+    assert str(event_id) in listing.content.decode()
+    assert page.status_code == 200
+    assert "infinity" in page.content.decode()

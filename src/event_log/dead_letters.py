@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 from django.db import connection, transaction
-from django.db.models import Func, QuerySet, TextField
+from django.db.models import Func, Model, QuerySet, TextField
 
 from event_log import sql
 from event_log.kick import relay_run_on_commit
@@ -38,12 +38,13 @@ class TimestampText(Func):
     output_field = TextField()
 
 
-def with_timestamps_as_text(queryset: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
-    """``queryset`` with its timestamps deferred (never loaded as datetimes) and annotated
-    as text: ``event_date_time_text``, ``dead_lettered_at_text``."""
-    return queryset.defer("event_date_time", "dead_lettered_at").annotate(
-        event_date_time_text=TimestampText("event_date_time"),
-        dead_lettered_at_text=TimestampText("dead_lettered_at"),
+def with_timestamps_as_text[M: Model](
+    queryset: QuerySet[M], fields: Sequence[str] = ("event_date_time", "dead_lettered_at")
+) -> QuerySet[M]:
+    """``queryset`` with the timestamp ``fields`` deferred (never loaded as datetimes)
+    and annotated as text, each as ``<field>_text``."""
+    return queryset.defer(*fields).annotate(
+        **{f"{field}_text": TimestampText(field) for field in fields}
     )
 
 
