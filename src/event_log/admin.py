@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from event_log.dead_letters import dead_letters_replay
+from event_log.dead_letters import dead_letters_replay, with_timestamps_as_text
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
 
 
@@ -31,22 +31,35 @@ class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Staff inspect rejected events, fix their context if needed, and replay them."""
 
     form = DeadLetterForm
-    list_display = ("id", "event_type", "event_id", "error_code", "attempts", "dead_lettered_at")
+    list_display = ("id", "event_type", "event_id", "error_code", "attempts", "dead_lettered")
     list_filter = ("event_type", "error_code")
     search_fields = ("event_id", "error")
+    # Timestamps are shown as text: a dead letter dated 'infinity' or after year 9999
+    # cannot be loaded as a datetime, and it must still be listed and opened.
     readonly_fields = (
         "event_id",
         "event_type",
-        "event_date_time",
+        "event_time",
         "environment",
         "metadata_version",
         "error",
         "error_code",
         "attempts",
         "batch_id",
-        "dead_lettered_at",
+        "dead_lettered",
     )
     actions = ("replay",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
+        return with_timestamps_as_text(super().get_queryset(request))
+
+    @admin.display(description="event date time", ordering="event_date_time")
+    def event_time(self, letter: DeadLetter) -> str:
+        return str(getattr(letter, "event_date_time_text", ""))
+
+    @admin.display(description="dead lettered at", ordering="dead_lettered_at")
+    def dead_lettered(self, letter: DeadLetter) -> str:
+        return str(getattr(letter, "dead_lettered_at_text", ""))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -72,9 +85,27 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyAdmin):
-    list_display = ("id", "event_type", "event_id", "event_date_time", "batch")
+    list_display = ("id", "event_type", "event_id", "event_time", "batch")
     list_filter = ("event_type",)
     show_full_result_count = False
+    # event_date_time as text, as for dead letters: a replayed dead letter may be dated
+    # where a datetime cannot follow.
+    fields = (
+        "event_id",
+        "event_type",
+        "event_time",
+        "environment",
+        "event_context",
+        "metadata_version",
+        "batch",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxEvent]:
+        return with_timestamps_as_text(super().get_queryset(request), ("event_date_time",))
+
+    @admin.display(description="event date time", ordering="event_date_time")
+    def event_time(self, event: OutboxEvent) -> str:
+        return str(getattr(event, "event_date_time_text", ""))
 
 
 @admin.register(OutboxBatch)

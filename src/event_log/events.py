@@ -8,14 +8,32 @@ name of its class and its ``metadata_version`` is declared on the class::
         user_id: int
 
     UserCreated.event_type  # "user_created"
+
+What the outbox cannot hold is refused when the class is defined
+(:class:`EventDefinitionError`): an ``event_type`` longer than its column, a
+``metadata_version`` outside PostgreSQL's bigint. Float fields refuse NaN and
+infinities when an event is built: JSON has no such numbers (pydantic would write
+``null``), so they could not reach ClickHouse as what they were.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
+import json
+import math
 import re
-from typing import Any, ClassVar
+import uuid
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict
+
+# Sizes of the outbox columns (event_log.models): what publish() can write.
+EVENT_TYPE_MAX_LENGTH = 255
+ENVIRONMENT_MAX_LENGTH = 64
+METADATA_VERSION_MAX = 2**63 - 1  # bigint; ClickHouse's UInt64 holds more
 
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z\d])([A-Z])")
@@ -26,10 +44,19 @@ def snake_case(name: str) -> str:
     return _WORD_BOUNDARY.sub(r"\1_\2", _ACRONYM_BOUNDARY.sub(r"\1_\2", name)).lower()
 
 
+class EventDefinitionError(TypeError):
+    """An ``Event`` subclass whose events the outbox could not hold."""
+
+
 class Event(BaseModel):
     """Base of every published event. Subclasses add typed fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: refuse NaN/±inf in float fields at construction. "constants":
+    # one that still gets through (an ``Any`` field, model_construct) is written as
+    # NaN/Infinity instead of null, so event_context_json() sees it and refuses it.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, ser_json_inf_nan="constants"
+    )
 
     event_type: ClassVar[str] = "event"
     metadata_version: ClassVar[int] = 1
@@ -37,6 +64,87 @@ class Event(BaseModel):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.event_type = snake_case(cls.__name__)
+        if len(cls.event_type) > EVENT_TYPE_MAX_LENGTH:
+            raise EventDefinitionError(
+                f"the event_type of {cls.__name__[:40]}... has {len(cls.event_type)} "
+                f"characters; the outbox holds {EVENT_TYPE_MAX_LENGTH}: shorten the class name"
+            )
         version = cls.metadata_version
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise TypeError(f"{cls.__name__}.metadata_version must be a positive int")
+            raise EventDefinitionError(f"{cls.__name__}.metadata_version must be a positive int")
+        if version > METADATA_VERSION_MAX:
+            raise EventDefinitionError(
+                f"{cls.__name__}.metadata_version must be at most {METADATA_VERSION_MAX} "
+                "(a PostgreSQL bigint)"
+            )
+
+
+def event_context_json(event: Event) -> str:
+    """The event as the JSON text stored in ``event_context``.
+
+    Raises ``ValueError`` if a value is NaN or infinite (JSON has no such numbers;
+    pydantic would write null), and pydantic's serialization error if a value is not
+    JSON at all.
+    """
+    text = event.model_dump_json()
+    # Event's "constants" mode writes NaN/Infinity for what reached a field unchecked;
+    # a model of another base inside it writes null, so its values are walked instead.
+    if (("NaN" in text or "Infinity" in text) and _has_non_finite_constant(text)) or (
+        _may_hide_non_finite(type(event)) and _has_non_finite(event.model_dump())
+    ):
+        raise ValueError("a value is NaN or infinite, which JSON cannot carry")
+    return text
+
+
+def _has_non_finite_constant(text: str) -> bool:
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    try:
+        json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return True
+    return False
+
+
+def _has_non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_non_finite(item) for item in value)
+    return False
+
+
+# Field types an Event serializes itself (so a NaN in them is refused or written as NaN).
+_PLAIN_TYPES = (
+    str, int, float, bytes, Decimal, datetime, date, time, timedelta, uuid.UUID, enum.Enum,
+    type(None),
+)  # fmt: skip
+
+
+@functools.cache
+def _may_hide_non_finite(cls: type[BaseModel]) -> bool:
+    """Whether a field of ``cls`` may hold something that writes NaN as null: ``Any``,
+    a pydantic model not derived from Event, or a type not known here."""
+    return any(_type_may_hide(field.annotation) for field in cls.model_fields.values())
+
+
+def _type_may_hide(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        hides = False
+    elif origin is Annotated:
+        hides = _type_may_hide(get_args(annotation)[0])
+    elif origin is not None:  # list[...], dict[...], X | None, tuple[...]
+        hides = any(_type_may_hide(arg) for arg in get_args(annotation) if arg is not Ellipsis)
+    elif annotation is None:
+        hides = False
+    elif not isinstance(annotation, type):  # Any, a type variable, an unresolved name
+        hides = True
+    elif issubclass(annotation, Event):
+        hides = _may_hide_non_finite(annotation)
+    else:
+        hides = issubclass(annotation, BaseModel) or not issubclass(annotation, _PLAIN_TYPES)
+    return hides

@@ -1,6 +1,9 @@
-import pytest
+import math
 
-from event_log.events import Event, snake_case
+import pytest
+from pydantic import ValidationError
+
+from event_log.events import Event, EventDefinitionError, snake_case
 
 
 class UserCreated(Event):
@@ -51,3 +54,29 @@ def test_events_are_immutable_and_reject_unknown_fields():
         event.user_id = 2  # type: ignore[misc]
     with pytest.raises(ValueError, match="extra"):
         UserCreated(user_id=1, surprise=True)  # type: ignore[call-arg]
+
+
+def test_an_event_class_whose_type_overflows_its_column_is_refused_when_defined():
+    type("A" + "b" * 254, (Event,), {})  # event_type of 255 characters: fits
+
+    with pytest.raises(EventDefinitionError, match="256 characters; the outbox holds 255"):
+        type("A" + "b" * 255, (Event,), {})
+
+
+def test_a_metadata_version_beyond_a_postgresql_bigint_is_refused_when_defined():
+    class Largest(Event):
+        metadata_version = 2**63 - 1
+
+    with pytest.raises(EventDefinitionError, match="at most 9223372036854775807"):
+
+        class TooLarge(Event):
+            metadata_version = 2**63
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_float_fields_refuse_nan_and_infinities_when_the_event_is_built(value):
+    class Measured(Event):
+        value: float
+
+    with pytest.raises(ValidationError, match="finite number"):
+        Measured(value=value)

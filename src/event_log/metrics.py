@@ -1,7 +1,8 @@
 """Prometheus metrics of the event log.
 
-Outbox gauges and delivery counters are read from PostgreSQL at scrape time,
-so they are right however many relays run, in whatever processes or machines.
+Outbox gauges and delivery counters are read from PostgreSQL at scrape time, in
+constant time (``event_log.status``), so they are right however many relays run, in
+whatever processes or machines, and a scrape stays fast however long the backlog.
 The batch-duration histogram and the published-events counter are measured
 where the work happens; with several processes on one host set
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode) and the
@@ -24,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from event_log.status import outbox_status
+from event_log.status import EXACT_COUNT_LIMIT, outbox_status
 
 EVENTS_PUBLISHED = Counter(
     "event_log_events_published",
@@ -52,7 +53,11 @@ class OutboxCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = outbox_status()
         gauges = {
-            "event_log_outbox_depth": ("Events not yet in ClickHouse.", status.outbox_depth),
+            "event_log_outbox_depth": (
+                f"Events not yet in ClickHouse: exact up to {EXACT_COUNT_LIMIT}, "
+                "above that an upper bound (the span of their ids).",
+                status.outbox_depth,
+            ),
             "event_log_lag_seconds": (
                 "Age of the oldest event not yet in ClickHouse.",
                 status.lag_seconds,
@@ -62,7 +67,8 @@ class OutboxCollector(Collector):
                 status.batches_in_flight,
             ),
             "event_log_dead_letters": (
-                "Events waiting in the dead-letter table.",
+                f"Events in the dead-letter table: exact up to {EXACT_COUNT_LIMIT}, "
+                "above that an upper bound (the span of their ids).",
                 status.dead_letters,
             ),
             "event_log_last_delivery_timestamp_seconds": (

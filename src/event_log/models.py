@@ -10,15 +10,17 @@ import uuid
 
 from django.db import models
 
+from event_log.events import ENVIRONMENT_MAX_LENGTH, EVENT_TYPE_MAX_LENGTH
+
 
 class OutboxEvent(models.Model):
     """An event committed with its business transaction and not yet in ClickHouse."""
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(default=uuid.uuid4, editable=False)
-    event_type = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=EVENT_TYPE_MAX_LENGTH)
     event_date_time = models.DateTimeField()
-    environment = models.CharField(max_length=64)
+    environment = models.CharField(max_length=ENVIRONMENT_MAX_LENGTH)
     # The pydantic JSON text, stored verbatim and shipped verbatim: no re-encoding.
     event_context = models.TextField()
     metadata_version = models.PositiveBigIntegerField(default=1)
@@ -66,9 +68,9 @@ class DeadLetter(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(unique=True)
-    event_type = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=EVENT_TYPE_MAX_LENGTH)
     event_date_time = models.DateTimeField()
-    environment = models.CharField(max_length=64)
+    environment = models.CharField(max_length=ENVIRONMENT_MAX_LENGTH)
     event_context = models.TextField()
     metadata_version = models.PositiveBigIntegerField(default=1)
     error = models.TextField()

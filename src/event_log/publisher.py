@@ -8,11 +8,18 @@ from datetime import UTC, datetime
 
 import structlog
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 from pydantic_core import PydanticSerializationError
 
 from event_log import sql
-from event_log.events import Event
+from event_log.events import (
+    ENVIRONMENT_MAX_LENGTH,
+    EVENT_TYPE_MAX_LENGTH,
+    METADATA_VERSION_MAX,
+    Event,
+    event_context_json,
+)
 from event_log.kick import relay_run_on_commit
 from event_log.metrics import EVENTS_PUBLISHED
 
@@ -35,6 +42,15 @@ class NoTransactionError(PublishError, RuntimeError):
     pass
 
 
+class InvalidEventError(PublishError, ValueError):
+    """The event's class gives an ``event_type`` or ``metadata_version`` the outbox
+    cannot hold (changed after the class was defined, which checks them)."""
+
+
+class InvalidEnvironmentError(PublishError, ImproperlyConfigured):
+    """``settings.ENVIRONMENT`` does not fit the outbox (system check event_log.E003)."""
+
+
 def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     """Add ``events`` to the outbox as part of the current transaction.
 
@@ -47,8 +63,12 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     event published in autocommit mode would be committed even if the business
     write that it describes then fails, so :class:`NoTransactionError` is raised.
 
-    Raises :class:`NotAnEventError` or :class:`EventSerializationError` before
-    anything is written. Returns the new event ids, in order.
+    Raises a :class:`PublishError` before anything is written, so the caller's
+    transaction stays usable: :class:`NotAnEventError`,
+    :class:`EventSerializationError` (not JSON, or NaN/±inf in a field),
+    :class:`InvalidEventError`, :class:`InvalidEnvironmentError`. Every value is
+    checked against its column here: the database never refuses the INSERT (which
+    would abort the transaction). Returns the new event ids, in order.
     """
     if not events:
         return []
@@ -61,17 +81,12 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
             "publish() must run inside transaction.atomic() so events commit with the "
             "business write"
         )
-    contexts = []
-    for event in events:
-        try:
-            contexts.append(event.model_dump_json())
-        except (PydanticSerializationError, ValueError, TypeError) as exc:
-            raise EventSerializationError(
-                f"{type(event).__name__} cannot be serialized to JSON: {exc}"
-            ) from exc
+    environment = environment_checked(settings.ENVIRONMENT)
+    for cls in {type(event) for event in events}:
+        _check_columns(cls)
+    contexts = [_serialize(event) for event in events]
 
     now = datetime.now(UTC)
-    environment = settings.ENVIRONMENT
     event_ids = [uuid.uuid4() for _ in events]
     rows = [
         (event_id, event.event_type, now, environment, context, event.metadata_version)
@@ -94,3 +109,45 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
             event_ids=[str(event_id) for event_id in event_ids[:20]],
         )
     return event_ids
+
+
+def environment_checked(environment: object) -> str:
+    """``environment`` if the outbox's column can hold it, else InvalidEnvironmentError."""
+    if not isinstance(environment, str) or "\x00" in environment:
+        raise InvalidEnvironmentError("ENVIRONMENT must be a string without NUL characters")
+    if len(environment) > ENVIRONMENT_MAX_LENGTH:
+        raise InvalidEnvironmentError(
+            f"ENVIRONMENT has {len(environment)} characters; the outbox holds "
+            f"{ENVIRONMENT_MAX_LENGTH}"
+        )
+    return environment
+
+
+def _check_columns(cls: type[Event]) -> None:
+    event_type, version = cls.event_type, cls.metadata_version
+    if (
+        not isinstance(event_type, str)
+        or not 0 < len(event_type) <= EVENT_TYPE_MAX_LENGTH
+        or "\x00" in event_type
+    ):
+        raise InvalidEventError(
+            f"{cls.__name__[:60]}.event_type must be 1 to {EVENT_TYPE_MAX_LENGTH} characters "
+            "without NUL"
+        )
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 1 <= version <= METADATA_VERSION_MAX
+    ):
+        raise InvalidEventError(
+            f"{cls.__name__[:60]}.metadata_version must be an int from 1 to {METADATA_VERSION_MAX}"
+        )
+
+
+def _serialize(event: Event) -> str:
+    try:
+        return event_context_json(event)
+    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        raise EventSerializationError(
+            f"{type(event).__name__} cannot be serialized to JSON: {exc}"
+        ) from exc

@@ -1,14 +1,24 @@
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from django.db import DataError, connection, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from pydantic import BaseModel
 
 from event_log import Event, publish
+from event_log.checks import check_event_log_settings
 from event_log.kick import kick_on_commit
 from event_log.models import OutboxEvent
-from event_log.publisher import EventSerializationError, NotAnEventError, NoTransactionError
+from event_log.publisher import (
+    EventSerializationError,
+    InvalidEnvironmentError,
+    InvalidEventError,
+    NotAnEventError,
+    NoTransactionError,
+    PublishError,
+)
 
 
 class ThingHappened(Event):
@@ -22,6 +32,28 @@ class Opaque(Event):
 class Versioned(Event):
     metadata_version = 4
     n: int
+
+
+class Reading(BaseModel):
+    """A model of another base: it writes NaN as null by itself."""
+
+    value: float
+
+
+class Measured(Event):
+    reading: Reading
+    values: list[float] = []
+
+
+def _refused_and_the_transaction_goes_on(bad: Event, error: type[PublishError]) -> None:
+    """``bad`` is refused with ``error`` inside a transaction that then commits a good
+    event: nothing of ``bad`` is written and the transaction was not aborted."""
+    with transaction.atomic():
+        with pytest.raises(error):
+            publish(ThingHappened(thing_id=1), bad)
+        (good,) = publish(ThingHappened(thing_id=2))
+
+    assert list(OutboxEvent.objects.values_list("event_id", flat=True)) == [good]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -101,12 +133,78 @@ def test_a_serialization_error_rolls_back_the_business_transaction():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_value_the_database_refuses_raises_django_s_error_and_writes_nothing(settings):
-    settings.ENVIRONMENT = "e" * 65  # the column holds 64 characters
-    with pytest.raises(DataError, match="too long"), transaction.atomic():
-        publish(ThingHappened(thing_id=1))
+def test_an_environment_too_long_for_its_column_is_refused_and_the_transaction_goes_on(settings):
+    with transaction.atomic():
+        settings.ENVIRONMENT = "e" * 65  # the column holds 64 characters
+        with pytest.raises(InvalidEnvironmentError, match="65 characters"):
+            publish(ThingHappened(thing_id=1))
+        settings.ENVIRONMENT = "e" * 64
+        (good,) = publish(ThingHappened(thing_id=2))
 
-    assert OutboxEvent.objects.count() == 0
+    assert list(OutboxEvent.objects.values_list("event_id", "environment")) == [(good, "e" * 64)]
+
+
+def test_an_environment_too_long_for_its_column_fails_the_system_check(settings):
+    settings.ENVIRONMENT = "e" * 65
+
+    errors = check_event_log_settings()
+
+    assert [error.id for error in errors] == ["event_log.E003"]
+    assert "65 characters" in errors[0].msg
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_type_changed_to_overflow_its_column_is_refused_and_nothing_written(
+    monkeypatch,
+):
+    monkeypatch.setattr(Versioned, "event_type", "v" * 256)
+
+    _refused_and_the_transaction_goes_on(Versioned(n=1), InvalidEventError)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("version", [2**63, 0, True])
+def test_a_metadata_version_changed_out_of_range_is_refused_and_nothing_written(
+    monkeypatch, version
+):
+    monkeypatch.setattr(Versioned, "metadata_version", version)
+
+    _refused_and_the_transaction_goes_on(Versioned(n=1), InvalidEventError)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_largest_metadata_version_a_bigint_holds_is_written(monkeypatch):
+    monkeypatch.setattr(Versioned, "metadata_version", 2**63 - 1)
+    with transaction.atomic():
+        (event_id,) = publish(Versioned(n=1))
+
+    assert OutboxEvent.objects.get(event_id=event_id).metadata_version == 2**63 - 1
+
+
+NON_FINITE = {
+    "nan in an Any field": Opaque(payload=math.nan),
+    "inf deep in an Any field": Opaque(payload={"a": [1.0, math.inf]}),
+    "-inf in a nested model of another base": Measured(reading=Reading(value=-math.inf)),
+    "nan in a model of another base in an Any field": Opaque(payload=Reading(value=math.nan)),
+    "nan slipped past validation": Measured.model_construct(
+        reading=Reading(value=1.0), values=[math.nan]
+    ),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("event", NON_FINITE.values(), ids=NON_FINITE.keys())
+def test_nan_and_infinities_are_refused_instead_of_written_as_null(event):
+    _refused_and_the_transaction_goes_on(event, EventSerializationError)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_text_that_merely_spells_nan_or_infinity_is_published():
+    with transaction.atomic():
+        (event_id,) = publish(Opaque(payload={"film": "Infinity War", "NaN": "NaN"}))
+
+    stored = OutboxEvent.objects.get(event_id=event_id).event_context
+    assert stored == '{"payload":{"film":"Infinity War","NaN":"NaN"}}'
 
 
 def _pending_kicks() -> int:

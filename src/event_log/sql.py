@@ -247,19 +247,48 @@ INSERT INTO event_log_outbox
 SELECT * FROM moved
 """
 
+# Status (/health, /metrics, event_log_status) in constant time, however long the
+# backlog: every read of the outbox and of the dead-letter table goes down the primary
+# key and stops early. A count(*) or a min() of an unindexed column would read the
+# whole backlog, exactly when it is longest. event_log.status turns these into figures.
+# - "head" counts at most %(counted)s rows from the lowest id, and finds that id: one
+#   walk from the low end, where a relay's deletes leave dead index entries until
+#   vacuum; the oldest event is then fetched by that id, which skips them.
+# - The oldest event's time is clamped into what Python's datetime holds: a row dated
+#   'infinity' (written by hand) must not turn /health into an error.
 STATUS = """
 SELECT
-    (SELECT count(*) FROM event_log_outbox) AS outbox_depth,
-    (SELECT min(event_date_time) FROM event_log_outbox) AS oldest_event_at,
+    head.counted AS outbox_counted,
+    (SELECT max(id) FROM event_log_outbox) - head.first_id + 1 AS outbox_id_span,
+    (SELECT least(greatest(event_date_time, '0001-01-01 00:00:00+00'),
+                  '9999-12-31 23:59:59.999999+00')
+     FROM event_log_outbox WHERE id = head.first_id) AS oldest_event_at,
     (SELECT count(*) FROM event_log_batch) AS batches_in_flight,
-    (SELECT count(*) FROM event_log_dead_letter) AS dead_letters,
+    dead_head.counted AS dead_letters_counted,
+    (SELECT max(id) FROM event_log_dead_letter) - dead_head.first_id + 1
+        AS dead_letter_id_span,
     stats.batches_delivered, stats.events_delivered, stats.events_dead_lettered,
     stats.last_delivered_at
 FROM (
+    SELECT count(*) AS counted, min(id) AS first_id
+    FROM (SELECT id FROM event_log_outbox ORDER BY id LIMIT %(counted)s) AS first_rows
+) AS head, (
+    SELECT count(*) AS counted, min(id) AS first_id
+    FROM (SELECT id FROM event_log_dead_letter ORDER BY id LIMIT %(counted)s) AS first_rows
+) AS dead_head, (
     SELECT sum(batches_delivered)::bigint AS batches_delivered,
            sum(events_delivered)::bigint AS events_delivered,
            sum(events_dead_lettered)::bigint AS events_dead_lettered,
            max(last_delivered_at) AS last_delivered_at
     FROM event_log_relay_stats
 ) AS stats
+"""
+
+# What a relay left behind (relay_events --once): sealed batches, oldest first, with
+# their lease and last error. The batch table holds only batches in flight.
+PENDING_BATCHES = """
+SELECT id, attempts, first_id, last_id, lease_until, last_error, lease_until > now()
+FROM event_log_batch
+ORDER BY sealed_at, id
+LIMIT %(limit)s
 """

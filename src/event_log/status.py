@@ -1,7 +1,26 @@
-"""Read-only views of the event log's health, for the status command, /health and /metrics."""
+"""Read-only views of the event log's health, for the status command, /health and /metrics.
+
+Every figure is read in constant time, however long the backlog (see ``sql.STATUS``):
+a health check must not slow down, and time out, just when ClickHouse has been away
+for hours.
+
+- ``outbox_depth``: events not yet in ClickHouse. Exact up to :data:`EXACT_COUNT_LIMIT`
+  (``outbox_depth_exact`` is then true); beyond, an upper bound: the span of the
+  waiting ids (last id - first id + 1), which also counts ids that no waiting row holds
+  (rolled-back publishes, delivered or dead-lettered rows in between).
+- ``oldest_event_at``: publish time of the waiting event with the lowest id. Ids come
+  from a sequence at insert, so this is the oldest event but for two cases: two
+  publishes racing by less than the time between reading the clock and inserting,
+  and a replayed dead letter (new id, original time). ``lag_seconds`` is its age.
+- ``dead_letters``: exact up to :data:`EXACT_COUNT_LIMIT` (``dead_letters_exact``),
+  beyond an upper bound from the id span, as for the outbox.
+- ``batches_in_flight``: an exact count; the batch table only holds sealed batches
+  not yet delivered, a few per relay.
+"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,13 +30,19 @@ from django.db import connection
 from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
 
+# Counts up to this are exact; past it the id span (an upper bound) is reported.
+# Counting stops after this many primary-key entries, so it costs the same at 10M.
+EXACT_COUNT_LIMIT = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxStatus:
     outbox_depth: int
+    outbox_depth_exact: bool
     oldest_event_at: datetime | None
     batches_in_flight: int
     dead_letters: int
+    dead_letters_exact: bool
     batches_delivered: int
     events_delivered: int
     events_dead_lettered: int
@@ -38,21 +63,64 @@ class OutboxStatus:
 
 
 def outbox_status() -> OutboxStatus:
+    """The event log's figures, read in constant time (see the module docstring)."""
     with connection.cursor() as cur:
-        cur.execute(sql.STATUS)
-        depth, oldest, batches, dead, delivered_batches, delivered, dead_lettered, last = (
-            cur.fetchone()
-        )
+        cur.execute(sql.STATUS, {"counted": EXACT_COUNT_LIMIT + 1})
+        (
+            outbox_counted,
+            outbox_span,
+            oldest,
+            batches,
+            dead_counted,
+            dead_span,
+            delivered_batches,
+            delivered,
+            dead_lettered,
+            last,
+        ) = cur.fetchone()
+    depth, depth_exact = _bounded(outbox_counted, outbox_span)
+    dead, dead_exact = _bounded(dead_counted, dead_span)
     return OutboxStatus(
         outbox_depth=depth,
+        outbox_depth_exact=depth_exact,
         oldest_event_at=oldest,
         batches_in_flight=batches,
         dead_letters=dead,
+        dead_letters_exact=dead_exact,
         batches_delivered=delivered_batches or 0,
         events_delivered=delivered or 0,
         events_dead_lettered=dead_lettered or 0,
         last_delivered_at=last,
     )
+
+
+def _bounded(counted: int, id_span: int | None) -> tuple[int, bool]:
+    """(figure, exact): the count when it stopped short of the limit, else the id span."""
+    if counted <= EXACT_COUNT_LIMIT:
+        return counted, True
+    return max(counted, id_span or 0), False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A sealed batch not yet delivered."""
+
+    id: uuid.UUID
+    attempts: int
+    first_id: int
+    last_id: int
+    lease_until: datetime
+    last_error: str
+    # True while no relay may take it: a relay holds it, or it waits out a back-off
+    # after a failure (then ``last_error`` says which).
+    leased: bool
+
+
+def pending_batches(*, limit: int = 20) -> list[PendingBatch]:
+    """The oldest sealed batches not yet delivered, at most ``limit``."""
+    with connection.cursor() as cur:
+        cur.execute(sql.PENDING_BATCHES, {"limit": limit})
+        return [PendingBatch(*row) for row in cur.fetchall()]
 
 
 def clickhouse_status(url: str | None = None) -> dict[str, Any]:
