@@ -66,6 +66,10 @@ class OutboxCollector(Collector):
                 "Sealed batches not yet delivered.",
                 status.batches_in_flight,
             ),
+            "event_log_batches_stuck": (
+                "Sealed batches tried EVENT_LOG_ALERT_AFTER_ATTEMPTS times or more.",
+                status.batches_stuck,
+            ),
             "event_log_dead_letters": (
                 f"Events in the dead-letter table: exact up to {EXACT_COUNT_LIMIT}, "
                 "above that an upper bound (the span of their ids).",

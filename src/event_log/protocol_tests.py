@@ -239,3 +239,23 @@ def test_the_check_warns_when_one_guarded_insert_can_outlast_the_lease(
     ids = [message.id for message in check_event_log_settings()]
 
     assert ("event_log.W002" in ids) is warned
+
+
+def test_a_batch_failing_again_and_again_is_reported_as_stuck_in_status_and_metrics(
+    ch, client, settings
+):
+    from event_log.status import outbox_status
+
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "ALERT_AFTER_ATTEMPTS": 3}
+    publish_pings(20)
+    for _ in range(2):
+        Relay(config=fast_config(BATCH_SIZE=10)).claim()
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE event_log_batch SET attempts = 3"
+            " WHERE first_id = (SELECT min(first_id) FROM event_log_batch)"
+        )
+
+    assert outbox_status().batches_stuck == 1
+    metrics = client.get("/metrics").content.decode()
+    assert "event_log_batches_stuck 1.0" in metrics

@@ -264,6 +264,7 @@ SELECT
                   '9999-12-31 23:59:59.999999+00')
      FROM event_log_outbox WHERE id = head.first_id) AS oldest_event_at,
     (SELECT count(*) FROM event_log_batch) AS batches_in_flight,
+    (SELECT count(*) FROM event_log_batch WHERE attempts >= %(alert_after)s) AS batches_stuck,
     dead_head.counted AS dead_letters_counted,
     (SELECT max(id) FROM event_log_dead_letter) - dead_head.first_id + 1
         AS dead_letter_id_span,

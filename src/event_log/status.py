@@ -16,6 +16,8 @@ for hours.
   beyond an upper bound from the id span, as for the outbox.
 - ``batches_in_flight``: an exact count; the batch table only holds sealed batches
   not yet delivered, a few per relay.
+- ``batches_stuck``: those of them tried ``EVENT_LOG_ALERT_AFTER_ATTEMPTS`` times or
+  more: something they hold keeps failing (their ``last_error`` says what).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class OutboxStatus:
     outbox_depth_exact: bool
     oldest_event_at: datetime | None
     batches_in_flight: int
+    batches_stuck: int
     dead_letters: int
     dead_letters_exact: bool
     batches_delivered: int
@@ -65,12 +68,19 @@ class OutboxStatus:
 def outbox_status() -> OutboxStatus:
     """The event log's figures, read in constant time (see the module docstring)."""
     with connection.cursor() as cur:
-        cur.execute(sql.STATUS, {"counted": EXACT_COUNT_LIMIT + 1})
+        cur.execute(
+            sql.STATUS,
+            {
+                "counted": EXACT_COUNT_LIMIT + 1,
+                "alert_after": event_log_settings().ALERT_AFTER_ATTEMPTS,
+            },
+        )
         (
             outbox_counted,
             outbox_span,
             oldest,
             batches,
+            stuck,
             dead_counted,
             dead_span,
             delivered_batches,
@@ -85,6 +95,7 @@ def outbox_status() -> OutboxStatus:
         outbox_depth_exact=depth_exact,
         oldest_event_at=oldest,
         batches_in_flight=batches,
+        batches_stuck=stuck,
         dead_letters=dead,
         dead_letters_exact=dead_exact,
         batches_delivered=delivered_batches or 0,

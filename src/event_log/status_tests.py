@@ -54,7 +54,10 @@ def test_status_reads_the_outbox_and_dead_letters_without_scanning_them():
     _fill("event_log_outbox", 20_000)
     _fill("event_log_dead_letter", 20_000)
     with connection.cursor() as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + sql.STATUS, {"counted": EXACT_COUNT_LIMIT + 1})
+        cur.execute(
+            "EXPLAIN (FORMAT JSON) " + sql.STATUS,
+            {"counted": EXACT_COUNT_LIMIT + 1, "alert_after": 10},
+        )
         plan = cur.fetchone()[0]
         if isinstance(plan, str):
             plan = json.loads(plan)
