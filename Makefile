@@ -8,9 +8,11 @@ PYTHON ?= $(shell for p in python3.13 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/ver
 UV ?= $(shell command -v uv 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
-# Settings come from the environment; this file supplies what is not set.
-ENV_FILE ?= $(if $(wildcard src/core/.env),$(CURDIR)/src/core/.env,$(CURDIR)/src/core/.env.ci)
-export ENV_FILE
+# Settings come from the environment, then from ENV_FILE if it is set, else from
+# src/core/.env, which every target creates from src/core/.env.ci on first use. Every
+# process (manage.py, Celery, gunicorn, pytest) finds that file by itself, so the
+# commands the README gives work outside make too.
+SETTINGS_FILE := $(if $(ENV_FILE),,src/core/.env)
 MANAGE := $(BIN)/python src/manage.py
 MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 PYTEST_ARGS ?=
@@ -23,7 +25,12 @@ AUDIT_FLAGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-venv: $(BIN)/.synced ## create or update .venv from uv.lock
+venv: $(BIN)/.synced $(SETTINGS_FILE) ## create or update .venv from uv.lock
+
+# Never overwritten: once created it is the operator's file.
+src/core/.env:
+	cp -n src/core/.env.ci $@
+	@echo "created $@ from src/core/.env.ci (the local defaults); edit it to change settings"
 
 $(BIN)/.synced: pyproject.toml uv.lock
 	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, e.g. 'pyenv install 3.13')" >&2; exit 1; }
