@@ -3,8 +3,9 @@
 import os
 from typing import Any
 
+import structlog
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, task_postrun
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django_structlog.celery.steps import DjangoStructLogInitStep
@@ -30,6 +31,16 @@ def load_settings_or_exit(**_: Any) -> None:
 
 app.autodiscover_tasks()
 app.steps["worker"].add(DjangoStructLogInitStep)
+
+
+@task_postrun.connect
+def forget_the_finished_task(**_: Any) -> None:
+    """Unbind the task's log context (its ``task_id`` …) when it ends.
+
+    django-structlog binds it when a task starts and never clears it, so the worker's
+    next lines — "Task … received" for the *next* task — carried the previous id.
+    """
+    structlog.contextvars.clear_contextvars()
 
 
 @setup_logging.connect
