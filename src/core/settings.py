@@ -35,6 +35,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_structlog",
+    # Swagger UI's page and assets come from the installed django-ninja (its static
+    # files), not from a CDN: /api/docs works offline and under a strict CSP.
+    "ninja",
     "core",
     "event_log",
     "users",
