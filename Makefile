@@ -39,7 +39,7 @@ $(BIN)/.synced: pyproject.toml uv.lock
 	$(if $(UV),$(UV),"$(PYTHON)" -m uv) sync --locked --python "$(PYTHON)"
 	@touch $@
 
-services: ## make sure PostgreSQL and Redis answer (starts local ones)
+services: venv ## make sure DATABASE_URL, REDIS_URL and CELERY_BROKER_URL answer (starts local ones)
 	@scripts/ensure-services.sh
 
 test: venv services ## run the whole test suite (fault-injection included)
@@ -77,12 +77,11 @@ else
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 endif
 
-install: venv services ## migrations, migrate, superuser
+install: venv services ## database, migrate, ClickHouse DDL, superuser (writes no file into the repository)
 	$(MANAGE) ensure_database
-	$(MANAGE) makemigrations
 	$(MANAGE) migrate --noinput
 	$(MANAGE) clickhouse_migrate
-	$(MANAGE) createsuperuser
+	@$(MAKE) --no-print-directory superuser
 
 shell: venv ## Django shell
 	$(MANAGE) shell
@@ -95,8 +94,8 @@ migrate: venv services ## apply Django and ClickHouse migrations
 	$(MANAGE) migrate --noinput
 	$(MANAGE) clickhouse_migrate
 
-superuser: venv ## create a superuser
-	$(MANAGE) createsuperuser
+superuser: venv ## create a superuser: without prompts from DJANGO_SUPERUSER_* when DJANGO_SUPERUSER_EMAIL is set
+	$(if $(DJANGO_SUPERUSER_EMAIL),$(MANAGE) ensure_superuser,$(MANAGE) createsuperuser)
 
 relay: venv ## run one relay in the foreground until Ctrl-C
 	$(MANAGE) relay_events
