@@ -49,6 +49,7 @@ def test_a_user_that_cannot_log_in_is_reported_as_an_authentication_failure():
     [line] = result.stderr.strip().splitlines()
     assert "cannot authenticate to PostgreSQL" in line
     assert "does not exist" in line  # the server's own reason, on the same line
+    assert "ALTER ROLE" in line and "PASSWORD" in line  # what to do, not only what failed
     assert "cannot create" not in line
 
 

@@ -94,9 +94,11 @@ class Command(BaseCommand):
     ) -> CommandError:
         if connect_failure(exc, database=name, user=user) == "authentication":
             return CommandError(
-                f"cannot authenticate to {where} as {user}: {_reason(exc)}. Check the "
-                "user and password in DATABASE_URL, and that pg_hba.conf lets this user "
-                "in from this host."
+                f"cannot authenticate to {where} as {user}: {_reason(exc)}. Put the "
+                "user's password in DATABASE_URL (postgres://USER:PASSWORD@HOST:PORT/NAME). "
+                "A stock Debian/Ubuntu PostgreSQL asks for a password over TCP and the "
+                f"role has none: set one with sudo -u postgres psql -c \"ALTER ROLE {user} "
+                "PASSWORD 'choose-one'\" (README: PostgreSQL on a fresh machine)."
             )
         return CommandError(f"cannot reach {where}: {_reason(exc)}")
 
