@@ -97,7 +97,7 @@ class Command(BaseCommand):
                 f"cannot authenticate to {where} as {user}: {_reason(exc)}. Put the "
                 "user's password in DATABASE_URL (postgres://USER:PASSWORD@HOST:PORT/NAME). "
                 "A stock Debian/Ubuntu PostgreSQL asks for a password over TCP and the "
-                f"role has none: set one with sudo -u postgres psql -c \"ALTER ROLE {user} "
+                f'role has none: set one with sudo -u postgres psql -c "ALTER ROLE {user} '
                 "PASSWORD 'choose-one'\" (README: PostgreSQL on a fresh machine)."
             )
         return CommandError(f"cannot reach {where}: {_reason(exc)}")
