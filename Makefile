@@ -9,7 +9,7 @@ UV ?= $(shell command -v uv 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
 # Settings come from the environment, then from ENV_FILE if it is set, else from
-# src/core/.env, which every target creates from src/core/.env.ci on first use. Every
+# src/core/.env, which every target creates on first use (scripts/new-env-file.sh). Every
 # process (manage.py, Celery, gunicorn, pytest) finds that file by itself, so the
 # commands the README gives work outside make too.
 SETTINGS_FILE := $(if $(ENV_FILE),,src/core/.env)
@@ -27,10 +27,10 @@ help: ## list the targets
 
 venv: $(BIN)/.synced $(SETTINGS_FILE) ## create or update .venv from uv.lock
 
-# Never overwritten: once created it is the operator's file.
+# The local defaults with this checkout's own database, queue and cache prefix, so two
+# clones run two separate stacks. Never overwritten: once created it is the operator's.
 src/core/.env:
-	cp -n src/core/.env.ci $@
-	@echo "created $@ from src/core/.env.ci (the local defaults); edit it to change settings"
+	@scripts/new-env-file.sh $@
 
 $(BIN)/.synced: pyproject.toml uv.lock
 	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, e.g. 'pyenv install 3.13')" >&2; exit 1; }

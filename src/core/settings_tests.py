@@ -167,3 +167,43 @@ def test_gunicorn_reports_a_configuration_error_in_one_line_and_stops(tmp_path):
     assert output.count("configuration error: SECRET_KEY is not set (see src/core/.env.ci") == 1, (
         output
     )
+
+
+def _new_env_file(target: Path, checkout: str) -> subprocess.CompletedProcess[str]:
+    script = SRC.parent / "scripts" / "new-env-file.sh"
+    return subprocess.run(
+        [str(script), str(target), checkout], capture_output=True, text=True, check=False
+    )
+
+
+def _settings_lines(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_two_checkouts_get_their_own_database_queue_and_cache_prefix(tmp_path):
+    first, second = tmp_path / "first.env", tmp_path / "second.env"
+
+    assert _new_env_file(first, "/home/ada/die-hard").returncode == 0
+    assert _new_env_file(second, "/home/ada/die-hard-copy").returncode == 0
+
+    one, two = _settings_lines(first), _settings_lines(second)
+    own = {"DATABASE_URL", "CELERY_QUEUE", "CACHE_KEY_PREFIX"}
+    for name in own:
+        assert one[name] != two[name], name
+    assert one["DATABASE_URL"].startswith("postgres://postgres@127.0.0.1:5432/die_hard_")
+    # Everything else is the local defaults, unchanged.
+    defaults = _settings_lines(SRC / "core" / ".env.ci")
+    assert {k: v for k, v in one.items() if k not in own} == {
+        k: v for k, v in defaults.items() if k not in own
+    }
+
+
+def test_the_settings_file_is_never_overwritten(tmp_path):
+    target = tmp_path / ".env"
+    target.write_text("DEBUG=false\n")
+
+    result = _new_env_file(target, "/home/ada/die-hard")
+
+    assert result.returncode == 1
+    assert target.read_text() == "DEBUG=false\n"
