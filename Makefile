@@ -8,9 +8,11 @@ PYTHON ?= $(shell for p in python3.13 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/ver
 UV ?= $(shell command -v uv 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
-# Settings come from the environment; this file supplies what is not set.
-ENV_FILE ?= $(if $(wildcard src/core/.env),$(CURDIR)/src/core/.env,$(CURDIR)/src/core/.env.ci)
-export ENV_FILE
+# Settings come from the environment, then from ENV_FILE if it is set, else from
+# src/core/.env, which every target creates on first use (scripts/new-env-file.sh). Every
+# process (manage.py, Celery, gunicorn, pytest) finds that file by itself, so the
+# commands the README gives work outside make too.
+SETTINGS_FILE := $(if $(ENV_FILE),,src/core/.env)
 MANAGE := $(BIN)/python src/manage.py
 MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 PYTEST_ARGS ?=
@@ -23,7 +25,12 @@ AUDIT_FLAGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-venv: $(BIN)/.synced ## create or update .venv from uv.lock
+venv: $(BIN)/.synced $(SETTINGS_FILE) ## create or update .venv from uv.lock
+
+# The local defaults with this checkout's own database, queue and cache prefix, so two
+# clones run two separate stacks. Never overwritten: once created it is the operator's.
+src/core/.env:
+	@scripts/new-env-file.sh $@
 
 $(BIN)/.synced: pyproject.toml uv.lock
 	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, e.g. 'pyenv install 3.13')" >&2; exit 1; }
@@ -32,7 +39,7 @@ $(BIN)/.synced: pyproject.toml uv.lock
 	$(if $(UV),$(UV),"$(PYTHON)" -m uv) sync --locked --python "$(PYTHON)"
 	@touch $@
 
-services: ## make sure PostgreSQL and Redis answer (starts local ones)
+services: venv ## make sure DATABASE_URL, REDIS_URL and CELERY_BROKER_URL answer (starts local ones)
 	@scripts/ensure-services.sh
 
 test: venv services ## run the whole test suite (fault-injection included)
@@ -70,12 +77,11 @@ else
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 endif
 
-install: venv services ## migrations, migrate, superuser
+install: venv services ## database, migrate, ClickHouse DDL, superuser (writes no file into the repository)
 	$(MANAGE) ensure_database
-	$(MANAGE) makemigrations
 	$(MANAGE) migrate --noinput
 	$(MANAGE) clickhouse_migrate
-	$(MANAGE) createsuperuser
+	@$(MAKE) --no-print-directory superuser
 
 shell: venv ## Django shell
 	$(MANAGE) shell
@@ -88,8 +94,8 @@ migrate: venv services ## apply Django and ClickHouse migrations
 	$(MANAGE) migrate --noinput
 	$(MANAGE) clickhouse_migrate
 
-superuser: venv ## create a superuser
-	$(MANAGE) createsuperuser
+superuser: venv ## create a superuser: without prompts from DJANGO_SUPERUSER_* when DJANGO_SUPERUSER_EMAIL is set
+	$(if $(DJANGO_SUPERUSER_EMAIL),$(MANAGE) ensure_superuser,$(MANAGE) createsuperuser)
 
 relay: venv ## run one relay in the foreground until Ctrl-C
 	$(MANAGE) relay_events

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import environ
@@ -18,11 +20,45 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).resolve().parent / ".env"
 
 
+def env_file() -> Path | None:
+    """The settings file every process reads: one rule for manage.py, Celery, gunicorn.
+
+    ``ENV_FILE`` unset: ``src/core/.env`` when it exists (``make`` creates it from
+    ``src/core/.env.ci`` on first use), else no file — a container gets its settings
+    from real variables and must never pick up the development defaults by accident.
+    ``ENV_FILE`` set: that file, a relative path meaning relative to the repository
+    root (so every working directory agrees); a file that does not exist is an error
+    naming it. ``ENV_FILE`` set but empty: no file.
+    """
+    raw = os.environ.get("ENV_FILE")
+    if raw is None:
+        return ENV_FILE if ENV_FILE.is_file() else None
+    if not raw.strip():
+        return None
+    path = Path(raw.strip()).expanduser()
+    if not path.is_absolute():
+        path = (REPO_ROOT / path).resolve()
+    if not path.is_file():
+        raise ImproperlyConfigured(f"ENV_FILE names {raw.strip()!r}, but {path} is not a file")
+    return path
+
+
 def load_env_file() -> None:
-    """Load ``ENV_FILE`` (default ``src/core/.env``) without overriding real variables."""
-    path = Path(os.environ.get("ENV_FILE", ENV_FILE))
-    if path.is_file():
+    """Load the settings file (see :func:`env_file`) without overriding real variables."""
+    path = env_file()
+    if path is not None:
         environ.Env.read_env(str(path), overwrite=False)
+
+
+def exit_on_configuration_error(exc: Exception, *, code: int = 1) -> NoReturn:
+    """End the process with the one line an operator acts on, no traceback.
+
+    Every entry point (manage.py, Celery worker and Beat, gunicorn) reports a
+    configuration error the same way; ``code`` lets a host that reads exit codes
+    (gunicorn halts on 4 instead of restarting the worker forever) see it.
+    """
+    print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def required(name: str) -> str:
@@ -99,17 +135,46 @@ def choice(name: str, *, choices: tuple[str, ...], default: str) -> str:
 def clickhouse_url(name: str) -> str:
     """``CLICKHOUSE_URL``: ``http(s)://…`` for a server or ``chdb:`` for the embedded engine.
 
-    A relative embedded path (``chdb:var/clickhouse``) is resolved against the
+    A server URL needs a host; a port, when given, is a number from 1 to 65535; the
+    path names at most one database. An embedded URL needs a data folder: without one
+    (``chdb:``, ``chdb://``, ``chdb::memory:``) the engine would keep everything in
+    memory and forget the schema and every delivered event when the process ends, so
+    it is refused. A relative folder (``chdb:var/clickhouse``) is resolved against the
     repository root so it means the same folder whatever the working directory.
     """
     value = url(name, schemes=("http", "https", "chdb"))
-    if value.startswith("chdb:") and not value.startswith("chdb:///"):
-        rest = value.removeprefix("chdb:").removeprefix("//")
-        path, _, query = rest.partition("?")
-        if not path or path.startswith("memory"):
-            return value
-        value = f"chdb://{(REPO_ROOT / path).resolve()}" + (f"?{query}" if query else "")
+    if value.startswith("chdb:"):
+        return _embedded_clickhouse_url(name, value)
+    parts = urlsplit(value)
+    if not parts.hostname:
+        raise ImproperlyConfigured(f"{name} is malformed: it names no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: the port in {parts.netloc.rpartition('@')[2]!r} "
+            "is not a number from 1 to 65535"
+        )
+    if parts.path.strip("/").count("/"):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: the path {parts.path!r} must name one database (/default)"
+        )
     return value
+
+
+def _embedded_clickhouse_url(name: str, value: str) -> str:
+    rest = value.removeprefix("chdb:").removeprefix("//")
+    path, _, query = rest.partition("?")
+    if not path.strip("/ ") or path.startswith((":memory:", "memory")):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: {value!r} names no data folder (an in-memory engine "
+            "would forget the schema and the events); use chdb:var/clickhouse or chdb:///abs/path"
+        )
+    # An absolute folder is kept as written; a relative one is anchored at the repository.
+    folder = path if path.startswith("/") else str((REPO_ROOT / path).resolve())
+    return f"chdb://{folder}" + (f"?{query}" if query else "")
 
 
 _RATE = re.compile(r"^\d+/(s|sec|m|min|h|hour|d|day)$")

@@ -44,6 +44,27 @@ def _shared_processors() -> list[Any]:
     ]
 
 
+# Loggers that write a line for every task and every Beat tick ("Sending due task",
+# "Task … received", "Task … succeeded", "Discarding revoked task" for a tick that
+# expired while a long run held the worker): with the relay scheduled every few seconds
+# they were most of an idle stack's log. They log their failures at WARNING and
+# above, which stay; LOG_LEVEL=DEBUG shows the routine lines again.
+PER_TICK_LOGGERS = (
+    "celery.beat",
+    "celery.worker.strategy",
+    "celery.worker.request",
+    "celery.app.trace",
+)
+
+
+def per_tick_level(log_level: str) -> str:
+    """The level of :data:`PER_TICK_LOGGERS`: WARNING, unless LOG_LEVEL asks for
+    more (DEBUG) or less (ERROR, CRITICAL)."""
+    if log_level == "DEBUG" or logging.getLevelName(log_level) > logging.WARNING:
+        return log_level
+    return "WARNING"
+
+
 def configure_logging(*, log_format: str, log_level: str) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -71,6 +92,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
             "loggers": {
                 "django.db.backends": {"level": "WARNING"},
                 "celery": {"level": log_level},
+                **{name: {"level": per_tick_level(log_level)} for name in PER_TICK_LOGGERS},
             },
         }
     )

@@ -29,7 +29,7 @@ PRODUCTION = {
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
     "CLICKHOUSE_URL": "https://relay:secret@clickhouse.example.com:8443/die_hard",
     "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
-    "ENV_FILE": "/nonexistent",
+    "ENV_FILE": "",
 }
 
 

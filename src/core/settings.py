@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import environ
@@ -34,6 +35,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_structlog",
+    # Swagger UI's page and assets come from the installed django-ninja (its static
+    # files), not from a CDN: /api/docs works offline and under a strict CSP.
+    "ninja",
     "core",
     "event_log",
     "users",
@@ -152,6 +156,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 1.0, "socket_timeou
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # django-structlog carries the request id (and other bound context) into tasks.
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# A relay task runs every few seconds: its enqueued/started/succeeded lines go to
+# DEBUG so an idle stack stays quiet; a failed task is still logged as an error, and
+# a run that delivered or failed logs its own lines (event_log.relay).
+DJANGO_STRUCTLOG_CELERY_TASK_START_LOG_LEVEL = logging.DEBUG
+DJANGO_STRUCTLOG_CELERY_TASK_SUCCESS_LOG_LEVEL = logging.DEBUG
+# Revoked covers the Beat ticks that expired while a long run kept the worker busy
+# (dropped by design: the next tick does the same work); the relay task never retries.
+DJANGO_STRUCTLOG_CELERY_TASK_RETRY_LOG_LEVEL = logging.DEBUG
 # An incoming X-Request-ID (from a proxy or the caller) becomes the request id.
 DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=True)
 

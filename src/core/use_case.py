@@ -5,6 +5,10 @@ override (a ``TypeError`` at class creation): they implement
 :meth:`UseCase.handle`. So no subclass can lose atomicity by overriding a
 decorated method. A response that carries an ``error`` rolls the transaction
 back, so a refused request writes nothing, events included.
+
+A response carries ``result`` and ``error``, the names code written against the
+challenge template reads; a use case may add a readable alias for its result
+(``CreateUserResponse.user``) as a property over ``result``.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ class UseCaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-class UseCaseResponse(BaseModel):
+class UseCaseResponse[ResultT](BaseModel):
+    """What a use case answers: its ``result`` (None when refused) or an ``error``.
+
+    ``error`` is empty on success; a non-empty ``error`` rolls the use case back.
+    Unknown fields are refused, so a misspelt name (or a property alias passed as
+    a field) fails loudly instead of leaving ``result`` unset.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    result: ResultT | None = None
     error: str = ""
 
 
-class UseCase[RequestT: UseCaseRequest, ResponseT: UseCaseResponse]:
+class UseCase[RequestT: UseCaseRequest, ResponseT: UseCaseResponse[Any]]:
     """Subclass and implement ``handle``; callers use ``execute``."""
 
     name: ClassVar[str] = ""

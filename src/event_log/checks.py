@@ -4,37 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from event_log.clickhouse import CONNECT_TIMEOUT_MAX
 from event_log.conf import event_log_settings
-from event_log.publisher import InvalidEnvironmentError, environment_checked
 
 
 @register()
 def check_event_log_settings(**_: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    if not getattr(settings, "CLICKHOUSE_URL", ""):
-        messages.append(
-            Error(
-                "CLICKHOUSE_URL is not set.",
-                hint="Set it to http(s)://user:pass@host:8123/db or chdb:///path/to/data.",
-                id="event_log.E001",
-            )
-        )
-    try:
-        environment_checked(getattr(settings, "ENVIRONMENT", ""))
-    except InvalidEnvironmentError as exc:
-        messages.append(
-            Error(
-                str(exc),
-                hint="Every publish() would fail. Set ENVIRONMENT to a shorter name "
-                "(it is written into each event's environment column).",
-                id="event_log.E003",
-            )
-        )
     try:
         config = event_log_settings()
     except ImproperlyConfigured as exc:

@@ -1,5 +1,7 @@
 """End to end through a real Celery worker and Beat over the real Redis broker."""
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,79 @@ def test_commits_go_on_when_redis_is_down_and_kicking_pauses(kicks_on, settings,
 
     assert response.status_code == 201, "the rate limiter fails open without its cache"
     assert OutboxEvent.objects.count() == 2
+
+
+def _log_records(log: Path) -> list[dict[str, object]]:
+    """The JSON log lines of a process (banners and other plain text skipped)."""
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+def _after_ready(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    ready = next(i for i, r in enumerate(records) if str(r["event"]).endswith(" ready."))
+    return records[ready + 1 :]
+
+
+def test_an_idle_stack_logs_nothing_per_tick_and_a_delivery_logs_one_line(
+    broker, ch, process_env, tmp_path
+):
+    env = {
+        **process_env,
+        "EVENT_LOG_KICK": "false",
+        "EVENT_LOG_RELAY_INTERVAL": "0.2",
+        "LOG_LEVEL": "INFO",
+    }
+    worker_log, beat_log = tmp_path / "worker.log", tmp_path / "beat.log"
+    with (
+        running(celery_argv(*WORKER), env=env, log=worker_log),
+        running(
+            celery_argv("beat", "--schedule", str(tmp_path / "schedule"), "--loglevel=INFO"),
+            env=env,
+            log=beat_log,
+        ),
+    ):
+        wait_for_log(worker_log, "ready")
+        time.sleep(2)  # about ten idle Beat ticks, each a relay run that finds nothing
+        with transaction.atomic():
+            [event_id] = publish(Ping(n=1))
+        wait_until(outbox_empty, timeout=60)  # delivered by a Beat tick: kicks are off
+        time.sleep(1)  # and a few idle ticks after it
+
+    worker_events = [r["event"] for r in _after_ready(_log_records(worker_log))]
+    assert worker_events == ["outbox_batch_delivered"]
+    assert _log_records(beat_log) == []
+    assert ch.event_ids() == [event_id]
+
+
+def test_a_worker_log_line_never_carries_the_previous_tasks_id(broker, ch, process_env, tmp_path):
+    env = {
+        **process_env,
+        "EVENT_LOG_KICK": "false",
+        "EVENT_LOG_RELAY_INTERVAL": "0.2",
+        "LOG_LEVEL": "DEBUG",  # the routine per-task lines are DEBUG
+    }
+    worker_log = tmp_path / "worker.log"
+    received = re.compile(r"Task event_log\.tasks\.relay_outbox\[([0-9a-f-]+)\] received")
+
+    def received_lines() -> list[dict[str, object]]:
+        return [r for r in _log_records(worker_log) if received.match(str(r["event"]))]
+
+    with (
+        running(celery_argv(*WORKER), env=env, log=worker_log),
+        running(
+            celery_argv("beat", "--schedule", str(tmp_path / "schedule"), "--loglevel=INFO"),
+            env=env,
+            log=tmp_path / "beat.log",
+        ),
+    ):
+        wait_until(lambda: len(received_lines()) >= 4, timeout=60)
+
+    lines = received_lines()
+    assert len(lines) >= 4
+    for line in lines:
+        match = received.match(str(line["event"]))
+        assert match is not None
+        assert line.get("task_id", match.group(1)) == match.group(1), line

@@ -1,6 +1,8 @@
 import json
+import re
 
 import pytest
+from django.conf import settings
 
 from users.models import User
 
@@ -81,3 +83,58 @@ def test_admin_requires_staff_login(client):
 
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", json.dumps({"email": "ada@example.com"})),
+        ("application/x-www-form-urlencoded", "email=ada%40example.com"),
+        ("multipart/form-data; boundary=x", "--x--"),
+        ("", json.dumps({"email": "ada@example.com"})),
+    ],
+)
+def test_a_body_that_is_not_json_answers_415_and_writes_nothing(client, content_type, body):
+    response = client.post(URL, data=body, content_type=content_type)
+
+    assert response.status_code == 415
+    assert response.json() == {"detail": "Unsupported media type: send application/json"}
+    assert User.objects.count() == 0
+
+
+def test_json_with_a_charset_is_accepted(client):
+    response = _post(
+        client, {"email": "ada@example.com"}, content_type="application/json; charset=utf-8"
+    )
+
+    assert response.status_code == 201
+
+
+def test_openapi_lists_every_answer_of_post_users_with_its_schema(client):
+    schema = client.get("/api/openapi.json").json()
+    responses = schema["paths"]["/api/users"]["post"]["responses"]
+
+    assert set(responses) == {"201", "400", "409", "413", "415", "422", "429"}
+    for status, answer in responses.items():
+        ref = answer["content"]["application/json"]["schema"]["$ref"]
+        assert ref.rsplit("/", 1)[1] in schema["components"]["schemas"], status
+    assert responses["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/CreatedUser"
+    )
+    assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ValidationErrorOut"
+    )
+
+
+def test_swagger_ui_is_served_from_the_installed_package_not_a_cdn(client):
+    from django.contrib.staticfiles import finders
+
+    page = client.get("/api/docs").content.decode()
+
+    assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', page)
+    prefix = "/" + settings.STATIC_URL.strip("/") + "/"
+    assert assets, page
+    for asset in assets:
+        assert asset.startswith(prefix), asset
+        assert finders.find(asset.removeprefix(prefix)), asset
+    assert "cdn" not in page.lower()

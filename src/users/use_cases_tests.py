@@ -1,10 +1,11 @@
 import pytest
 from django.db import connection
+from pydantic import ValidationError
 
 from core.use_case import UseCase, UseCaseRequest, UseCaseResponse
 from event_log.models import OutboxEvent
 from users.models import User
-from users.use_cases import CreateUser, CreateUserRequest
+from users.use_cases import CreateUser, CreateUserRequest, CreateUserResponse
 from users.use_cases.create_user import DUPLICATE_EMAIL
 
 pytestmark = pytest.mark.django_db
@@ -86,3 +87,15 @@ def test_execute_runs_inside_a_transaction_even_from_autocommit():
     assert not connection.in_atomic_block
     Probe().execute(UseCaseRequest())
     assert seen == [True]
+
+
+def test_user_is_the_result_under_a_readable_name_not_a_copy():
+    response = CreateUser().execute(_request())
+
+    assert response.user is response.result
+    assert response.result.email == "ada@example.com"
+
+
+def test_a_response_refuses_unknown_fields_so_an_alias_cannot_be_passed_as_one():
+    with pytest.raises(ValidationError, match="user"):
+        CreateUserResponse(user=None)

@@ -31,8 +31,14 @@ class CreatedUser(BaseModel):
     created_at: datetime
 
 
-class CreateUserResponse(UseCaseResponse):
-    user: CreatedUser | None = None
+class CreateUserResponse(UseCaseResponse[CreatedUser]):
+    """``result`` is the created user; ``error`` is ``DUPLICATE_EMAIL`` when the
+    address is taken (case-insensitively), and then ``result`` is None."""
+
+    @property
+    def user(self) -> CreatedUser | None:
+        """The created user: a readable name for ``result``, not a second copy."""
+        return self.result
 
 
 class CreateUser(UseCase[CreateUserRequest, CreateUserResponse]):
@@ -59,7 +65,7 @@ class CreateUser(UseCase[CreateUserRequest, CreateUserResponse]):
         )
         logger.info("user_created", user_id=user.pk)
         return CreateUserResponse(
-            user=CreatedUser(
+            result=CreatedUser(
                 id=user.pk,
                 email=user.email,
                 first_name=user.first_name,

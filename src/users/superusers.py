@@ -1,0 +1,38 @@
+"""Staff accounts created from the environment, for set-ups that cannot answer prompts."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+
+from users.models import User
+
+
+class SuperuserError(ValueError):
+    """The given account cannot be created as asked; nothing was written."""
+
+
+def ensure_superuser(
+    *, email: str, password: str, first_name: str = "", last_name: str = ""
+) -> bool:
+    """Create a superuser with this e-mail unless a user with it (any case) exists.
+
+    Returns True when it created one. An existing user is left as it is, so a set-up
+    may run this at every start. Raises :class:`SuperuserError` for an invalid
+    e-mail or an empty password, before anything is written.
+    """
+    email = User.objects.normalize_email(email.strip())
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise SuperuserError(f"{email!r} is not a valid e-mail address") from None
+    if not password:
+        raise SuperuserError("the password is empty")
+    with transaction.atomic():
+        if User.objects.filter(email__iexact=email).exists():
+            return False
+        User.objects.create_superuser(
+            email, password, first_name=first_name.strip(), last_name=last_name.strip()
+        )
+    return True
