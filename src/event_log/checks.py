@@ -15,6 +15,17 @@ from event_log.conf import event_log_settings
 def check_event_log_settings(**_: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     try:
+        environment_checked(getattr(settings, "ENVIRONMENT", ""))
+    except InvalidEnvironmentError as exc:
+        messages.append(
+            Error(
+                str(exc),
+                hint="Every publish() would fail. Set ENVIRONMENT to a shorter name "
+                "(it is written into each event's environment column).",
+                id="event_log.E003",
+            )
+        )
+    try:
         config = event_log_settings()
     except ImproperlyConfigured as exc:
         messages.append(Error(str(exc), id="event_log.E002"))

@@ -172,7 +172,11 @@ class Relay:
         except Exception as exc:
             return self._fail(batch, exc, deadline, report, log)
         self.checkpoint("finished", batch)
-        partial = batch.rows < self.config.BATCH_SIZE
+        # A batch cut short by the byte cap is a full one: the backlog is not a trickle.
+        partial = (
+            batch.rows < self.config.BATCH_SIZE
+            and len(batch.block) < self.config.BATCH_MAX_BYTES // 2
+        )
         self._partial_sent_at = time.monotonic() if partial else None
         duration = time.perf_counter() - started
         BATCH_DURATION.observe(duration)
