@@ -9,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from event_log.clickhouse import CONNECT_TIMEOUT_MAX
 from event_log.conf import event_log_settings
+from event_log.publisher import InvalidEnvironmentError, environment_checked
 
 
 @register()
