@@ -24,7 +24,7 @@ from event_log.clickhouse import ClickHouseError, Failure
 from event_log.conf import EventLogSettings
 from event_log.relay.batch import Batch, event_id
 from event_log.relay.fence import renew_lease
-from event_log.relay.tokens import token_for
+from event_log.relay.tokens import token_for, whole_batch_token
 
 # ClickHouse's default max_partitions_per_insert_block is 100.
 MONTHS_PER_INSERT = 50
@@ -45,20 +45,26 @@ class Sender:
     generation: int = 0
     inserts: int = 0
 
-    def insert(self, lines: list[bytes]) -> None:
-        """One INSERT of ``lines``, after renewing the lease (raises ``ClickHouseError``)."""
+    def insert(self, lines: list[bytes] | None) -> None:
+        """One INSERT of ``lines`` (None: the whole batch, as sealed), after renewing
+        the lease (raises ``ClickHouseError``)."""
         if self.inserts >= self.config.ISOLATION_MAX_INSERTS:
             raise InsertBudgetSpentError(
                 f"batch {self.batch.id}: {self.inserts} inserts in this attempt"
             )
         self.inserts += 1
         renew_lease(self.batch, lease=self.config.LEASE_SECONDS)
-        ids = [event_id(line) for line in lines]
+        if lines is None:
+            block, token = self.batch.block, whole_batch_token(self.batch, self.generation)
+        else:
+            ids = [event_id(line) for line in lines]
+            block = b"".join(lines)
+            token = token_for(self.batch, ids, generation=self.generation)
         clickhouse.insert_tsv(
             self.ch,
             table=self.config.CLICKHOUSE_TABLE,
-            block=b"".join(lines),
-            token=token_for(self.batch, ids, generation=self.generation),
+            block=block,
+            token=token,
             timeout=self.timeout,
         )
 

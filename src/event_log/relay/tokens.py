@@ -21,13 +21,17 @@ from collections.abc import Collection
 from event_log.relay.batch import Batch
 
 
+def whole_batch_token(batch: Batch, generation: int = 0) -> str:
+    """The token of an INSERT of every row of ``batch``: its id."""
+    return f"{batch.id}:g{generation}" if generation else str(batch.id)
+
+
 def token_for(batch: Batch, event_ids: Collection[uuid.UUID], *, generation: int = 0) -> str:
     """The token of an INSERT of ``event_ids`` of ``batch``."""
     if len(event_ids) == batch.rows:
-        token = str(batch.id)
-    else:
-        digest = hashlib.blake2b(digest_size=16)
-        for event_id in sorted(event_ids):
-            digest.update(event_id.bytes)
-        token = f"{batch.id}:{digest.hexdigest()}"
+        return whole_batch_token(batch, generation)
+    digest = hashlib.blake2b(digest_size=16)
+    for event_id in sorted(event_ids):
+        digest.update(event_id.bytes)
+    token = f"{batch.id}:{digest.hexdigest()}"
     return f"{token}:g{generation}" if generation else token

@@ -31,25 +31,26 @@ def write(ch: Client, config: EventLogSettings, batch: Batch, *, timeout: float 
     Raises ``ClickHouseError`` for a transient failure and
     ``relay.fence.LeaseLostError`` when another relay took the batch over.
     """
-    lines = batch.lines()
     sender = Sender(ch=ch, config=config, batch=batch, timeout=timeout)
     rejected: dict[uuid.UUID, ClickHouseError] = {}
-    if len(lines) == 1 and len(lines[0]) > config.BATCH_MAX_BYTES:
-        rejected[event_id(lines[0])] = ClickHouseError(
-            f"the event's row is {len(lines[0])} bytes, over EVENT_LOG_BATCH_MAX_BYTES "
+    if batch.rows == 1 and len(batch.block) > config.BATCH_MAX_BYTES:
+        rejected[event_id(batch.block)] = ClickHouseError(
+            f"the event's row is {len(batch.block)} bytes, over EVENT_LOG_BATCH_MAX_BYTES "
             f"({config.BATCH_MAX_BYTES}); it was not sent"
         )
         return Delivery(delivered=set(), rejected=rejected)
     refused = None
     if batch.attempts == 1:
         try:
-            sender.insert(lines)
+            sender.insert(None)  # the fast path: the block as sealed, under the batch id
         except ClickHouseError as first_error:
             if first_error.transient:
                 raise
             refused = first_error
         else:
             return Delivery()
+    lines = batch.lines()
+    if refused is not None:
         pending = lines
     else:
         stored = stored_event_ids(ch, config, batch)
