@@ -52,6 +52,14 @@ _ROW = re.compile(r"at row (\d+)")
 _HTTP_STATUS = re.compile(r"HTTP status (\d{3})")
 _TOO_MANY_PARTITIONS = re.compile(r"too many partitions for (a )?single insert block", re.I)
 _TIMED_OUT = re.compile(r"timed? ?out|timeout", re.I)
+_NAME = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)")
+_EXCEPTION_TEXT = re.compile(r"DB::Exception: ([^\n]*)")
+_QUOTED = re.compile(r"""\s*(?:before:|Column values:|['"<]).*$""")
+_NOISE = re.compile(
+    r"^(?:Code: \d+\. DB::Exception: )+"
+    r"|\s*\((?:[A-Z][A-Z0-9_]+|version [^)]*|at row \d+)\)"
+)
+_BAD_COLUMN = re.compile(r"name: (\w+),[^\n]*ERROR|Column values: (\w+) =")
 
 
 class Failure(enum.Enum):
@@ -90,6 +98,30 @@ class ClickHouseError(Exception):
         if self.http_status == 413 or self.code == MEMORY_LIMIT_EXCEEDED:
             return Failure.TOO_LARGE
         return Failure.TRANSIENT
+
+    @property
+    def summary(self) -> str:
+        """The error without the data ClickHouse quotes in it: code, name, row, column.
+
+        ClickHouse's messages for refused rows quote the rows (parsed text of the
+        neighbours, ``Column values: …``), which can hold personal data; logs, Sentry
+        and the error columns get this instead. The dead letter keeps the row itself.
+        """
+        message = str(self)
+        texts = _EXCEPTION_TEXT.findall(message)
+        if not texts:
+            return message[:500]
+        names = _NAME.findall(message)
+        description = _QUOTED.sub("", _NOISE.sub("", texts[0])).rstrip(" :.,")
+        parts = [f"Code: {self.code}" if self.code is not None else "ClickHouse error"]
+        if names:
+            parts[0] += f" ({names[-1]})"
+        if self.row is not None:
+            parts.append(f"at row {self.row}")
+        column = _BAD_COLUMN.search(message)
+        if column:
+            parts.append(f"column {column.group(1) or column.group(2)}")
+        return f"{', '.join(parts)}: {description}"
 
     @property
     def transient(self) -> bool:

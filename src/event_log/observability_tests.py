@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,14 +16,15 @@ import redis
 import sentry_sdk
 from django.conf import settings as django_settings
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from prometheus_client.parser import text_string_to_metric_families
 from sentry_sdk.transport import Transport
+from structlog.testing import capture_logs
 
 from conftest import RUN_ID, WORKER, Ping, celery_argv, running, unused_port, wait_until
 from event_log import publish
 from event_log.kick import KICK_PENDING_KEY
-from event_log.models import OutboxEvent
+from event_log.models import DeadLetter, OutboxEvent
 from event_log.relay import Relay, run_relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -344,3 +346,32 @@ def test_beat_relay_runs_are_monitored_as_sentry_crons(ch, process_env, tmp_path
     statuses = {c["status"] for c in check_ins()}
     assert slugs == {"relay-outbox-watchdog"}, "the sub-minute schedule is not a Sentry cron"
     assert {"in_progress", "ok"} <= statuses
+
+
+def test_a_refused_row_s_personal_data_reaches_no_log_sentry_or_error_column(ch, sentry_capture):
+    """ClickHouse quotes refused rows in its messages; only the dead letter keeps the row."""
+    event_id = uuid.uuid4()
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
+            " event_context, metadata_version) VALUES (%s, 'ping', now(), 'test', %s, 1)",
+            [event_id, '{"email": "ada.lovelace@example.com", oops'],
+        )
+    with transaction.atomic():
+        publish(*(Ping(n=i, text="grace.hopper@example.com") for i in range(3)))
+
+    with capture_logs() as logs:
+        report = Relay().run()
+    sentry_sdk.flush()
+
+    assert report.dead_lettered == 1
+    dead = DeadLetter.objects.get()
+    assert dead.event_id == event_id
+    assert "ada.lovelace@example.com" in dead.event_context, "the row itself is kept"
+    assert dead.error.startswith("Code: 469 (VIOLATED_CONSTRAINT)")
+    outside = json.dumps(
+        [dead.error, logs, sentry_capture.items("event"), report.errors], default=str
+    )
+    assert "event_context" in outside, "the column is named"
+    for value in ("ada.lovelace", "grace.hopper", "example.com"):
+        assert value not in outside

@@ -35,7 +35,7 @@ def finish_checked(batch: Batch, delivery: Delivery, *, delay: float) -> tuple[i
     """
     delivered = sorted(delivery.delivered or ())
     rejected = sorted(delivery.rejected.items())
-    error = str(delivery.error or "")[:2000]
+    error = delivery.error.summary[:2000] if delivery.error else ""
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(sql.FINISH_WITHOUT_FSYNC)
         cur.execute(sql.HOLD_BATCH, batch.holder)
@@ -48,7 +48,7 @@ def finish_checked(batch: Batch, delivery: Delivery, *, delay: float) -> tuple[i
                 {
                     **batch.keys,
                     "event_ids": [event_id for event_id, _ in rejected],
-                    "errors": [str(failure)[:2000] for _, failure in rejected],
+                    "errors": [failure.summary[:2000] for _, failure in rejected],
                     "codes": [failure.code for _, failure in rejected],
                     "attempts": batch.attempts,
                 },

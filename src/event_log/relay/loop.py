@@ -37,6 +37,16 @@ Checkpoint = Callable[[str, "Batch"], None]
 ENGINE_MEMORY_RELEASE_INTERVAL = 1.0
 
 
+def describe(error: BaseException | None) -> str:
+    """What logs, Sentry and the batch's ``last_error`` say of a failure: never the
+    rows ClickHouse quotes in its messages (``ClickHouseError.summary``)."""
+    if error is None:
+        return ""
+    if isinstance(error, ClickHouseError):
+        return error.summary[:2000]
+    return str(error)[:2000]
+
+
 def _no_checkpoint(step: str, batch: Batch) -> None:
     return None
 
@@ -188,18 +198,18 @@ class Relay:
             log.error(
                 "outbox_events_dead_lettered",
                 dead_lettered=dead_lettered,
-                error=str(first_error),
+                error=first_error.summary,
                 error_code=first_error.code,
             )
             capture(first_error, batch, dead_lettered=dead_lettered)
         if delivery.left:
             report.failures += 1
-            report.errors.append(str(delivery.error))
+            report.errors.append(describe(delivery.error))
             log.warning(
                 "outbox_batch_partly_delivered",
                 delivered=deleted,
                 left=delivery.left,
-                error=str(delivery.error),
+                error=describe(delivery.error),
             )
         log.info("outbox_batch_delivered", delivered=deleted, duration_ms=round(duration * 1000, 3))
         return True
@@ -248,12 +258,13 @@ class Relay:
     ) -> bool:
         delay = self._delay(batch, error)
         failure = error if isinstance(error, ClickHouseError) else ClickHouseError(str(error))
+        text = describe(error)
         report.failures += 1
-        report.errors.append(str(error))
+        report.errors.append(text)
         BATCH_FAILURES.inc()
         stuck = batch.attempts >= self.config.ALERT_AFTER_ATTEMPTS
         fields = {
-            "error": str(error)[:2000],
+            "error": text,
             "error_code": getattr(error, "code", None) if not database else None,
             "error_type": type(error).__name__,
             "retry_in_s": round(delay, 3),
@@ -269,7 +280,7 @@ class Relay:
         else:
             self._drop_client()
         try:
-            release(batch, delay=delay, error=str(error))
+            release(batch, delay=delay, error=text)
         except DATABASE_ERRORS:
             connection.close()  # the lease then expires by itself; nothing is lost
         if time.monotonic() + delay >= deadline:

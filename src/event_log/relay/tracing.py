@@ -28,10 +28,11 @@ def capture(error: ClickHouseError, batch: Batch, **extra: Any) -> None:
                 "batch_id": str(batch.id),
                 "rows": batch.rows,
                 "attempt": batch.attempts,
-                "clickhouse_error": str(error),
+                "clickhouse_error": error.summary,
                 "clickhouse_error_code": error.code,
                 "transient": error.transient,
                 **extra,
             },
         )
-        sentry_sdk.capture_exception(error)
+        # A copy that says what the original says, without the rows it may quote.
+        sentry_sdk.capture_exception(ClickHouseError(error.summary, code=error.code))
