@@ -85,9 +85,10 @@ def test_event_times_arrive_exactly_whatever_the_relay_sessions_datestyle(
 def test_a_profile_reading_times_best_effort_cannot_swap_day_and_month(
     ch, relay_session, monkeypatch
 ):
-    """'SQL, DMY' text read best effort is 1 February for 2 January: the relay pins both."""
+    """'SQL, MDY' text read best effort is 1 February for 2 January, silently: the relay
+    sends an unambiguous text and pins how ClickHouse reads it."""
     event_ids = insert_outbox_rows(TIMES)
-    set_session("SET DateStyle = 'SQL, DMY'")
+    set_session("SET DateStyle = 'SQL, MDY'")
     with_profile(monkeypatch, date_time_input_format="best_effort")
 
     Relay(config=fast_config()).run()
