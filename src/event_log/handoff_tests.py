@@ -154,6 +154,20 @@ def test_an_event_at_infinity_is_dead_lettered_not_stored_at_the_epoch(ch, relay
     assert set(DeadLetter.objects.values_list("event_id", flat=True)) == {infinite}
 
 
+def test_an_event_dated_before_the_common_era_is_dead_lettered_not_moved_to_the_common_era(
+    ch, relay_session
+):
+    """PostgreSQL formats 44 BC as year 0044 unless told the era: ClickHouse would store 44 AD."""
+    published = publish_pings(10)
+    [before_year_1] = insert_outbox_rows(["0044-03-15 12:00:00+00 BC"])
+
+    report = Relay(config=fast_config(BATCH_SIZE=1_000)).run(time_budget=5)
+
+    assert report.dead_lettered == 1
+    assert_exactly_once(ch, published)
+    assert set(DeadLetter.objects.values_list("event_id", flat=True)) == {before_year_1}
+
+
 @pytest.fixture
 def seal_commit_probe() -> Iterator[None]:
     """Records the ``synchronous_commit`` in force when a batch is sealed (a trigger on
