@@ -253,3 +253,30 @@ def running(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def insert_outbox_rows(
+    times: list[Any], *, contexts: list[str] | None = None, event_type: str = "ping"
+) -> list[uuid.UUID]:
+    """Outbox rows written directly, as a replay, a backfill or a buggy writer could leave
+    them: chosen times (``datetime`` or PostgreSQL text such as ``'infinity'``) and
+    contexts (default valid JSON). Returns their event ids in outbox id order."""
+    from django.db import connection
+
+    event_ids = [uuid.uuid4() for _ in times]
+    contexts = contexts or [f'{{"n": {n}}}' for n in range(len(times))]
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
+            " event_context, metadata_version)"
+            " SELECT event_id, %s, at, 'test', context, 1"
+            " FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[]) WITH ORDINALITY"
+            " AS r(event_id, at, context, n) ORDER BY n",
+            [
+                event_type,
+                event_ids,
+                [t if isinstance(t, str) else t.isoformat() for t in times],
+                contexts,
+            ],
+        )
+    return event_ids

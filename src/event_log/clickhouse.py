@@ -234,6 +234,8 @@ INSERT_SETTINGS: dict[str, Any] = {
     "input_format_tsv_crlf_end_of_line": 0,
     "input_format_tsv_skip_trailing_empty_lines": 0,
     "format_tsv_null_representation": "\\N",
+    # \N (an infinite time, formatted as NULL) is refused, not read as 1970-01-01.
+    "input_format_null_as_default": 0,
     "throw_on_max_partitions_per_insert_block": 1,
 }
 # Those a server cannot do without; the others are sent where the server knows them.

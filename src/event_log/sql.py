@@ -90,12 +90,15 @@ RETURNING id, attempts, first_id, last_id
 
 # A batch's rows, found on the primary key by id range. Always in id order, so
 # every attempt sends the same block. The time is formatted here, in UTC, so that
-# no session setting (DateStyle, TimeZone) changes the text ClickHouse reads.
+# no session setting (DateStyle, TimeZone) changes the text ClickHouse reads. A time
+# before year 1 goes as NULL, which ClickHouse refuses (INSERT_SETTINGS): to_char
+# drops the era, and 44 BC would be stored as 44 AD.
 COPY_BATCH = """
 COPY (
     SELECT event_id,
            event_type,
-           to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+           CASE WHEN event_date_time >= '0001-01-01 00:00:00+00'
+               THEN to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END,
            environment,
            event_context,
            metadata_version
@@ -110,7 +113,9 @@ ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
 # What ClickHouse holds of a batch is looked up by the table's whole sorting key
 # (relay.verify): these are the keys of the batch's rows, the time as COPY_BATCH sends it.
 BATCH_EVENT_KEYS = """
-SELECT event_id, event_type, to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')
+SELECT event_id, event_type,
+       CASE WHEN event_date_time >= '0001-01-01 00:00:00+00'
+           THEN to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END
 FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
 """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
 
@@ -44,6 +44,9 @@ class Sender:
     timeout: float | None
     generation: int = 0
     inserts: int = 0
+    # Rows refused so far in this attempt: kept when the budget runs out mid-send, so
+    # the next attempt starts past them instead of finding them all over again.
+    rejected: dict[uuid.UUID, ClickHouseError] = field(default_factory=dict)
 
     def insert(self, lines: list[bytes] | None) -> None:
         """One INSERT of ``lines`` (None: the whole batch, as sealed), after renewing
@@ -77,7 +80,7 @@ class Sender:
         tried. Raises ``ClickHouseError`` for a transient failure and
         :class:`InsertBudgetSpentError` when the budget is spent.
         """
-        rejected: dict[uuid.UUID, ClickHouseError] = {}
+        rejected = self.rejected
         todo: list[tuple[list[bytes], ClickHouseError | None]] = [(lines, refused)]
         while todo:
             block, error = todo.pop()
@@ -108,7 +111,8 @@ def _split(
     if failure is Failure.DATA and error.row is not None and 1 <= error.row <= len(block):
         suspect = error.row - 1
         rest = block[:suspect] + block[suspect + 1 :]
-        return [([block[suspect]], None), (rest, None)]
+        # The suspect goes first: confirmed, it is kept even if the budget then runs out.
+        return [(rest, None), ([block[suspect]], None)]
     if failure is Failure.TOO_MANY_PARTITIONS:
         groups = _by_month(block)
         if len(groups) > 1:

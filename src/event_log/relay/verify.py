@@ -10,6 +10,7 @@ whose rows went in more than one INSERT, is therefore checked here.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -26,6 +27,11 @@ KEYS_PER_QUERY = 1_000
 
 Key = tuple[uuid.UUID, str, str]
 
+# The only time text an INSERT of the batch can have been stored from (COPY_BATCH's
+# format). Any other (NULL for an infinite time, a year past 9999) fails the whole
+# lookup with TYPE_MISMATCH, so its row, which ClickHouse cannot hold, is not looked up.
+_STORABLE_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+
 
 def stored_event_ids(ch: Client, config: EventLogSettings, batch: Batch) -> set[uuid.UUID]:
     """The batch's event ids that ClickHouse holds (raises ``ClickHouseError``).
@@ -36,7 +42,7 @@ def stored_event_ids(ch: Client, config: EventLogSettings, batch: Batch) -> set[
     """
     with connection.cursor() as cur:
         cur.execute(sql.BATCH_EVENT_KEYS, batch.keys)
-        keys = cur.fetchall()
+        keys = [key for key in cur.fetchall() if key[2] and _STORABLE_TIME.fullmatch(key[2])]
     stored: set[uuid.UUID] = set()
     for chunk in _chunks(keys, KEYS_PER_QUERY):
         literal = ",".join(
