@@ -5,7 +5,7 @@ from ``EVENT_LOG_KICK``):
 
 - ``BATCH_SIZE``: most rows in one sealed batch, so in one ClickHouse INSERT;
 - ``BATCH_MAX_BYTES``: most bytes of event context in one batch (an event over it
-  travels alone, and one whose row is over it is dead-lettered unsent);
+  travels alone and is dead-lettered unsent);
 - ``RELAY_INTERVAL``: seconds between Beat-driven relay runs;
 - ``LEASE_SECONDS``: how long a relay owns a sealed batch;
 - ``TIME_BUDGET``: seconds one relay run drains before it returns;

@@ -395,3 +395,16 @@ def test_isolation_under_a_small_insert_budget_completes_over_several_attempts(c
     assert dead_letter_ids() == set(bad)
     assert DeadLetter.objects.count() == 30
     assert OutboxBatch.objects.count() == 0
+
+
+def test_an_event_just_under_the_byte_cap_is_delivered_alone_as_with_company(ch):
+    """The seal and the relay measure an event the same way: its context's bytes."""
+    cap = 4_096
+    text = "x" * (cap - 200)  # the context is under the cap; the whole row is not
+    with transaction.atomic():
+        published = publish(Ping(n=1, text=text))
+
+    report = Relay(config=fast_config(BATCH_SIZE=1_000, BATCH_MAX_BYTES=cap)).run()
+
+    assert (report.delivered, report.dead_lettered) == (1, 0)
+    assert_exactly_once(ch, published)

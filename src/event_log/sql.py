@@ -298,3 +298,9 @@ FROM event_log_batch
 ORDER BY sealed_at, id
 LIMIT %(limit)s
 """
+
+# A batch of one row over EVENT_LOG_BATCH_MAX_BYTES: the size the seal measured.
+BATCH_CONTEXT_BYTES = """
+SELECT coalesce(max(octet_length(event_context)), 0) FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+"""

@@ -65,3 +65,10 @@ def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> 
     )
     with cur.copy(statement) as copy:
         return b"".join(copy)  # one chunk per row, joined once
+
+
+def context_bytes(batch: Batch) -> int:
+    """The largest event context of the batch, in bytes, as the seal measures it."""
+    with connection.cursor() as cur:
+        cur.execute(sql.BATCH_CONTEXT_BYTES, batch.keys)
+        return int(cur.fetchone()[0])

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings
 from event_log.relay.batch import Batch, Delivery, event_id
+from event_log.relay.claim import context_bytes
 from event_log.relay.isolate import InsertBudgetSpentError, Sender
 from event_log.relay.verify import stored_event_ids
 
@@ -33,9 +34,14 @@ def write(ch: Client, config: EventLogSettings, batch: Batch, *, timeout: float 
     """
     sender = Sender(ch=ch, config=config, batch=batch, timeout=timeout)
     rejected: dict[uuid.UUID, ClickHouseError] = {}
-    if batch.rows == 1 and len(batch.block) > config.BATCH_MAX_BYTES:
+    if (
+        batch.rows == 1
+        and len(batch.block) > config.BATCH_MAX_BYTES
+        and (size := context_bytes(batch)) > config.BATCH_MAX_BYTES
+    ):
+        # The seal let it travel alone; the same measure decides it is not sent.
         rejected[event_id(batch.block)] = ClickHouseError(
-            f"the event's row is {len(batch.block)} bytes, over EVENT_LOG_BATCH_MAX_BYTES "
+            f"the event's context is {size} bytes, over EVENT_LOG_BATCH_MAX_BYTES "
             f"({config.BATCH_MAX_BYTES}); it was not sent"
         )
         return Delivery(delivered=set(), rejected=rejected)
