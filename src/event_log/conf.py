@@ -11,7 +11,9 @@ from ``EVENT_LOG_KICK``):
 - ``KICK_ENABLED``: queue a relay run when a transaction that published commits;
 - ``INSERT_TIMEOUT``: seconds a ClickHouse server may take to answer the relay;
 - ``MIN_INSERT_INTERVAL``: least seconds between two partial batches of one relay;
-- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to.
+- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to;
+- ``DELIVERY_RETENTION``: seconds the delivered event ids of each batch are kept
+  in PostgreSQL for ``event_log_verify``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ class EventLogSettings:
     INSERT_TIMEOUT: float = 20.0
     MIN_INSERT_INTERVAL: float = 0.2
     CLICKHOUSE_TABLE: str = "event_log"
+    DELIVERY_RETENTION: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.BATCH_SIZE < 1:
             raise ImproperlyConfigured("EVENT_LOG['BATCH_SIZE'] must be at least 1")
         if self.LEASE_SECONDS <= 0 or self.TIME_BUDGET <= 0:
             raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
+        if self.DELIVERY_RETENTION < 0:
+            raise ImproperlyConfigured("EVENT_LOG['DELIVERY_RETENTION'] must not be negative")
         if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():
             raise ImproperlyConfigured("EVENT_LOG['CLICKHOUSE_TABLE'] must be a plain identifier")
 

@@ -188,3 +188,17 @@ FROM (
     FROM event_log_relay_stats
 ) AS stats
 """
+
+# finish(), in the transaction that deletes the batch, after its dead letters left:
+# the event ids about to be deleted, kept for event_log_verify (event_log.verify).
+# A relay that outlived its lease and comes second finds no rows and records nothing.
+RECORD_DELIVERY = """
+INSERT INTO event_log_delivery
+    (batch_id, delivered_at, event_ids, rows, first_event_at, last_event_at)
+SELECT %(batch_id)s, now(), array_agg(event_id), count(*), min(event_date_time),
+       max(event_date_time)
+FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+HAVING count(*) > 0
+ON CONFLICT (batch_id) DO NOTHING
+"""

@@ -30,6 +30,7 @@ def finish(batch: Batch, rejected: list[tuple[int, ClickHouseError]]) -> None:
                         "batch_id": batch.id,
                     },
                 )
+        cur.execute(sql.RECORD_DELIVERY, batch.keys)
         cur.execute(sql.FINISH_BATCH, {**batch.keys, "dead_lettered": len(rejected)})
 
 
