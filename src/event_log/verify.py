@@ -10,9 +10,9 @@ window, :func:`verify_deliveries` reports
   looked at — those of the recorded batches and those whose event time falls in
   the window.
 
-ClickHouse is read through its sorting key (event type, event time): each group
-of records is looked up over the event-time spans of its batches, so the work
-follows the window, not the table. Memory follows the ids of one group
+ClickHouse is read by event time: each group of records is looked up over the
+event-time spans of its batches, which the table's monthly partitions and sorting
+key (event type, event time) narrow. Memory follows the ids of one group
 (:data:`GROUP_EVENTS`).
 """
 

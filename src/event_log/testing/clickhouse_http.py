@@ -13,7 +13,8 @@ Faults are armed per request (:meth:`ClickHouseHTTP.arm`) and disarm themselves
 after ``times`` matching requests:
 
 - ``Delay``: answer normally after a pause;
-- ``DropBeforeBody``: close the connection before reading the body (nothing runs);
+- ``DropBeforeBody``: close the connection before the statement runs, without an
+  answer (nothing runs; the body is left unread when the statement is in the URL);
 - ``DropAfterExecute``: run the statement, then close without answering
   (the client sees a dropped connection, the rows landed);
 - ``ServerError``: a ClickHouse error (5xx, exception code, nothing runs);
@@ -302,10 +303,6 @@ class ClickHouseHTTP:
     def _record(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
-
-    def executed_inserts(self, table: str) -> list[Outcome]:
-        with self._lock:
-            return [o for o in self.outcomes if o.executed and o.request.insert_table == table]
 
     def _idle_socket(self, sock: socket.socket, *, idle: bool) -> None:
         with self._lock:
