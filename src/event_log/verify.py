@@ -42,7 +42,8 @@ GROUP_EVENTS = 200_000
 GROUP_BATCHES = 1_000
 # Findings stored with a Verification (the command prints them all).
 STORED_FINDINGS = 1_000
-# ClickHouse compares whole seconds here: widen each span so no event falls out.
+# Widen each batch's span a little: spans are merged and looked up as ranges, and
+# an edge case of rounding must never make an event look missing.
 _SPAN_MARGIN = timedelta(seconds=1)
 
 DELIVERIES = """
@@ -60,7 +61,8 @@ GROUP BY event_id
 
 DUPLICATES_BY_EVENT_TIME = """
 SELECT event_id, count() AS copies FROM {table}
-WHERE event_date_time >= %(since)s AND event_date_time < %(until)s
+WHERE event_date_time >= toDateTime64(%(since)s, 6, 'UTC')
+  AND event_date_time < toDateTime64(%(until)s, 6, 'UTC')
 GROUP BY event_id
 HAVING copies > 1
 """
@@ -164,9 +166,11 @@ def _delivery_groups(since: datetime, until: datetime) -> Iterator[_Group]:
 def _check_group(ch: Client, table: str, group: _Group, report: VerifyReport) -> None:
     spans = _merged(group.spans)
     where = " OR ".join(
-        f"event_date_time BETWEEN %(from_{i})s AND %(to_{i})s" for i in range(len(spans))
+        f"event_date_time BETWEEN toDateTime64(%(from_{i})s, 6, 'UTC') "
+        f"AND toDateTime64(%(to_{i})s, 6, 'UTC')"
+        for i in range(len(spans))
     )
-    parameters: dict[str, Any] = {}
+    parameters: dict[str, str] = {}
     for i, (first, last) in enumerate(spans):
         parameters[f"from_{i}"] = _naive(first - _SPAN_MARGIN)
         parameters[f"to_{i}"] = _naive(last + _SPAN_MARGIN)
@@ -193,9 +197,13 @@ def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, date
     return merged
 
 
-def _naive(moment: datetime) -> datetime:
-    """UTC without a zone: how the event table's DateTime64(6, 'UTC') is compared."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
+def _naive(moment: datetime) -> str:
+    """UTC text to the microsecond, read by ``toDateTime64(…, 6, 'UTC')``.
+
+    A datetime parameter would be sent to the second, and the window's last second
+    would then fall out of it.
+    """
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def record_verification(report: VerifyReport) -> Verification:

@@ -188,6 +188,24 @@ def test_verify_finds_a_duplicate_among_events_no_delivery_record_covers(ch):
     assert report.missing == set()
 
 
+def test_verify_looks_at_events_of_the_window_to_the_microsecond(ch):
+    [event_id] = publish_pings(1)
+    run_relay()
+    Delivery.objects.all().delete()  # only the window's event times decide
+    duplicate_in_clickhouse(ch, event_id)
+    [(happened_at,)] = ch.query(
+        f"SELECT DISTINCT event_date_time FROM {ch.table} WHERE event_id = %(id)s", id=event_id
+    )
+    happened_at = happened_at.replace(tzinfo=UTC)
+    assert happened_at.microsecond, "an event time with a fraction of a second"
+
+    inside = verify_deliveries(since=happened_at, until=happened_at + timedelta(microseconds=1))
+    after = verify_deliveries(since=happened_at + timedelta(microseconds=1))
+
+    assert inside.duplicated == {event_id: 2}
+    assert after.duplicated == {}
+
+
 @pytest.mark.faults
 def test_verify_finds_nothing_after_relays_killed_at_random_moments(ch, process_env, manage):
     published = publish_pings(12_000)
