@@ -197,6 +197,62 @@ def test_relay_over_http_delivers_batches_a_proxy_refuses_as_too_large(clickhous
     assert_exactly_once(clickhouse_http.probe, published)
 
 
+# -- the front end itself --------------------------------------------------------
+
+
+def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(clickhouse_http):
+    """Plain and compressed TabSeparated blocks (the relay's) and Native rows, deduplicated
+    by token as a server does."""
+    import gzip
+
+    import lz4.frame
+
+    ids = [uuid.uuid4() for _ in range(4)]
+    now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
+
+    def block(event_id: uuid.UUID) -> bytes:
+        return f"{event_id}\tping\t{now:%Y-%m-%d %H:%M:%S}\ttest\t{{}}\t1\n".encode()
+
+    ch = clickhouse.connect(clickhouse_http.url)
+    try:
+        clickhouse.insert_tsv(ch, table=TABLE, block=block(ids[0]), token=str(ids[0]))
+        clickhouse.insert_tsv(ch, table=TABLE, block=block(ids[0]), token=str(ids[0]))
+        for codec, data in (
+            ("gzip", gzip.compress(block(ids[1]))),
+            ("lz4", lz4.frame.compress(block(ids[2]))),
+        ):
+            ch.raw_insert(
+                TABLE,
+                [
+                    "event_id",
+                    "event_type",
+                    "event_date_time",
+                    "environment",
+                    "event_context",
+                    "metadata_version",
+                ],
+                insert_block=data,
+                fmt="TabSeparated",
+                compression=codec,
+            )
+        ch.insert(
+            TABLE,
+            [[ids[3], "ping", now, "test", "{}", 1]],
+            column_names=[
+                "event_id",
+                "event_type",
+                "event_date_time",
+                "environment",
+                "event_context",
+                "metadata_version",
+            ],
+        )
+    finally:
+        ch.close()
+
+    assert_exactly_once(clickhouse_http.probe, ids)
+
+
 # -- what errors mean, read from real HTTP answers -----------------------------
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import chdb
+import lz4.frame  # type: ignore[import-untyped]
 from clickhouse_connect.driver._backend.httpcommon import decompress_response
 
 # URL parameters the HTTP interface consumes itself: never engine settings.
@@ -72,6 +74,9 @@ TRANSPORT_PARAMETERS = frozenset(
 )
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+([`\w.]+)", re.IGNORECASE)
+_INSERT_FORMAT = re.compile(
+    r"^(?P<head>\s*INSERT\s+INTO\s+.+?)\s+FORMAT\s+(?P<fmt>\w+)\s*$", re.IGNORECASE | re.DOTALL
+)
 _CODE = re.compile(r"Code: (\d+)")
 _NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)\s*$")
 
@@ -190,53 +195,64 @@ class Engine:
 
     def execute(
         self,
-        statement: str | bytes,
+        statement: str,
+        data: bytes = b"",
         *,
         database: str | None = None,
         settings: dict[str, str] | None = None,
         parameters: dict[str, str] | None = None,
         default_format: str = "TabSeparated",
     ) -> tuple[bytes, dict[str, str]]:
-        """Run one statement; returns its output and an X-ClickHouse-Summary."""
-        try:
-            text = statement.decode() if isinstance(statement, bytes) else statement
-        except UnicodeDecodeError as exc:  # the relay's rows are UTF-8 (PostgreSQL text)
-            message = f"Code: 27. DB::Exception: {exc} (CANNOT_PARSE_INPUT_ASSERTION_FAILED)"
-            raise EngineError(message, 27) from exc
-        head = text.split("\n", 1)[0] if _INSERT.match(text) else text
-        found = _TRAILING_FORMAT.search(head)
-        fmt = found.group(1) if found and not _INSERT.match(text) else default_format
-        with self._lock:
-            conn = chdb.connect(str(self.path))
-            try:
-                if database:
-                    conn.query(f"USE `{database}`", "TabSeparated")
-                for key, value in (settings or {}).items():
-                    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-                    conn.query(f"SET {key} = '{escaped}'", "TabSeparated")
-                started = time.perf_counter_ns()
-                result = conn.query(text, fmt, params=parameters or {})
-                elapsed = time.perf_counter_ns() - started
-            except Exception as exc:
-                message = str(exc).strip()
-                match = _CODE.search(message)
-                raise EngineError(message, int(match.group(1)) if match else 1002) from exc
-            finally:
-                conn.close()
+        """Run one statement, with an INSERT's ``data``; returns its output and an
+        X-ClickHouse-Summary. Raises :class:`EngineError` with the engine's code."""
+        insert = _INSERT_FORMAT.match(statement)
+        found = _TRAILING_FORMAT.search(statement)
+        fmt = found.group(1) if found and not insert else default_format
+        with tempfile.TemporaryDirectory() as scratch:
+            if insert and data:
+                # The data may be binary (Native): the engine reads it from a file.
+                path = Path(scratch) / "data"
+                path.write_bytes(data)
+                quoted = str(path).replace("\\", "\\\\").replace("'", "\\'")
+                statement = (
+                    f"{insert.group('head')} FROM INFILE '{quoted}' FORMAT {insert.group('fmt')}"
+                )
+            elif data:
+                try:
+                    statement = f"{statement}\n{data.decode()}"
+                except UnicodeDecodeError as exc:
+                    message = (
+                        f"Code: 27. DB::Exception: {exc} (CANNOT_PARSE_INPUT_ASSERTION_FAILED)"
+                    )
+                    raise EngineError(message, 27) from exc
+            with self._lock:
+                conn = chdb.connect(str(self.path))
+                try:
+                    if database:
+                        conn.query(f"USE `{database}`", "TabSeparated")
+                    for key, value in (settings or {}).items():
+                        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+                        conn.query(f"SET {key} = '{escaped}'", "TabSeparated")
+                    started = time.perf_counter_ns()
+                    result = conn.query(statement, fmt, params=parameters or {})
+                    elapsed = time.perf_counter_ns() - started
+                except Exception as exc:
+                    message = str(exc).strip()
+                    match = _CODE.search(message)
+                    raise EngineError(message, int(match.group(1)) if match else 1002) from exc
+                finally:
+                    conn.close()
         summary = {
             "read_rows": str(result.rows_read()),
             "read_bytes": str(result.bytes_read()),
-            "written_rows": str(result.rows_written() if hasattr(result, "rows_written") else 0),
-            "written_bytes": str(result.bytes_written() if hasattr(result, "bytes_written") else 0),
+            "written_rows": str(result.rows_written()),
+            "written_bytes": str(result.bytes_written()),
             "total_rows_to_read": "0",
             "result_rows": "0",
             "result_bytes": "0",
             "elapsed_ns": str(elapsed),
         }
         return bytes(result.bytes() or b""), summary
-
-    def rows(self, statement: str) -> list[bytes]:
-        return self.execute(statement)[0].splitlines()
 
     def close(self) -> None:
         with self._lock:
@@ -362,16 +378,16 @@ class _Handler(BaseHTTPRequestHandler):
         chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
         query = params.get("query")
         body: bytes | None = None
-        if query is None:
+        if query is None:  # the statement is in the body, an INSERT's data after it
             body = self._read_body(announced, chunked=chunked)
-            statement = self._decoded(body).decode(errors="replace")
+            statement, body = _split_body(self._decoded(body))
         else:
             statement = query
         request = Request(
             method=self.command,
             path=parts.path,
             params=params,
-            statement=statement.split("\n", 1)[0] if _INSERT.match(statement) else statement,
+            statement=statement,
             body_size=announced,
         )
         fault = front._take_fault(request)
@@ -380,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
             front._record(Outcome(request, executed=False, answered=False, fault=name))
             self._drop()
         if body is None:
-            body = self._read_body(announced, chunked=chunked)
+            body = self._decoded(self._read_body(announced, chunked=chunked))
         if isinstance(fault, Delay):
             time.sleep(fault.seconds)
         if isinstance(fault, ServerError):
@@ -393,9 +409,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if isinstance(fault, LateExecute):
             time.sleep(fault.seconds)  # the client gives up meanwhile
-        full = (
-            self._decoded(body) if query is None else query.encode() + b"\n" + self._decoded(body)
-        )
         settings = {
             key: value
             for key, value in params.items()
@@ -405,7 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
         database = params.get("database") or front.database
         try:
             output, summary = front.engine.execute(
-                full,
+                statement,
+                body,
                 database=database,
                 settings=settings,
                 parameters=parameters,
@@ -448,7 +462,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _decoded(self, body: bytes) -> bytes:
         encoding = self.headers.get("Content-Encoding")
-        return decompress_response(body, encoding) if encoding else body
+        if not encoding or not body:
+            return body
+        if encoding == "lz4":
+            # A streamed body is a sequence of LZ4 frames, one per block.
+            frames = []
+            while body:
+                decompressor = lz4.frame.LZ4FrameDecompressor()
+                frames.append(decompressor.decompress(body))
+                body = decompressor.unused_data
+            return b"".join(frames)
+        return decompress_response(body, encoding)
 
     def _drop(self) -> None:
         with suppress(OSError):
@@ -474,6 +498,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()
+
+
+def _split_body(body: bytes) -> tuple[str, bytes]:
+    """A body holding ``INSERT … FORMAT f`` and its data: (the statement, the data).
+    Any other body: (the whole of it, no data)."""
+    first, _, rest = body.partition(b"\n")
+    head = first.decode(errors="replace")
+    if _INSERT_FORMAT.match(head):
+        return head, rest
+    return body.decode(errors="replace"), b""
 
 
 @contextmanager
