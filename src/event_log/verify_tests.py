@@ -218,8 +218,8 @@ def test_verify_finds_nothing_after_relays_killed_at_random_moments(ch, process_
     kills_mid_drain = 0
     for _ in range(30):
         depth_before = OutboxEvent.objects.count()
-        if depth_before == 0:
-            break
+        if depth_before == 0 or kills_mid_drain == 5:
+            break  # the last relay below delivers what is left
         with subprocess.Popen(
             [sys.executable, str(SRC / "manage.py"), "relay_events"],
             env={**process_env, **env},
