@@ -280,3 +280,39 @@ def insert_outbox_rows(
             ],
         )
     return event_ids
+
+
+# -- a ClickHouse HTTP front end over the embedded engine ------------------------
+
+
+class HttpClickHouse:
+    """The test's ClickHouse reached over HTTP: ``url`` for relays, ``front`` to arm
+    faults and read what it did, ``probe`` to look at the table (through HTTP)."""
+
+    def __init__(self, front: Any) -> None:
+        self.front = front
+        self.url: str = front.url
+        self.probe = ClickHouseProbe(self.url)
+
+    def arm(self, fault: Any) -> Any:
+        return self.front.arm(fault)
+
+
+@pytest.fixture
+def clickhouse_http(
+    clickhouse_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HttpClickHouse]:
+    """A ClickHouse HTTP server on 127.0.0.1 over the test's embedded engine (its own
+    engine when the suite runs against a server), migrated, the table emptied.
+    Closed at the end, so relay processes can open the embedded engine again."""
+    from event_log.testing.clickhouse_http import serving
+
+    path = clickhouse.embedded_path(clickhouse_url)
+    own = path is None
+    with serving(path or tmp_path_factory.mktemp("clickhouse-http")) as front:
+        if own:
+            with clickhouse.client(front.url) as client:
+                schema.apply_migrations(client)
+        http = HttpClickHouse(front)
+        http.probe.truncate()
+        yield http

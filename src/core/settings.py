@@ -188,6 +188,7 @@ EVENT_LOG = {
     "ISOLATION_MAX_INSERTS": env.integer("EVENT_LOG_ISOLATION_MAX_INSERTS", default=500, minimum=2),
     "ALERT_AFTER_ATTEMPTS": env.integer("EVENT_LOG_ALERT_AFTER_ATTEMPTS", default=10, minimum=1),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
+    "DELIVERY_RETENTION": env.number("EVENT_LOG_DELIVERY_RETENTION", default=604_800.0),
 }
 
 CELERY_BEAT_SCHEDULE = {
@@ -203,6 +204,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "event_log.tasks.relay_outbox",
         "schedule": crontab(),
         "options": {"expires": 50},
+    },
+    # The sink-side backstop: every delivery of the last hour is looked up in
+    # ClickHouse four times over; old delivery records are purged on the way.
+    "event-log-verify": {
+        "task": "event_log.tasks.verify_deliveries",
+        "schedule": 900.0,
+        "kwargs": {"window_seconds": 3600.0},
+        "options": {"expires": 600},
     },
 }
 SENTRY_UNMONITORED_BEAT_ENTRIES = ["^relay-outbox$"]

@@ -16,7 +16,9 @@ from ``EVENT_LOG_KICK``):
 - ``ISOLATION_MAX_INSERTS``: most INSERTs one attempt may spend isolating refused rows;
 - ``ALERT_AFTER_ATTEMPTS``: attempts after which a batch that still fails is logged
   at error level and reported as stuck;
-- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to.
+- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to;
+- ``DELIVERY_RETENTION``: seconds the delivered event ids of each batch are kept
+  in PostgreSQL for ``event_log_verify``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class EventLogSettings:
     ISOLATION_MAX_INSERTS: int = 500
     ALERT_AFTER_ATTEMPTS: int = 10
     CLICKHOUSE_TABLE: str = "event_log"
+    DELIVERY_RETENTION: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         if self.BATCH_SIZE < 1:
@@ -56,6 +59,8 @@ class EventLogSettings:
             )
         if self.LEASE_SECONDS <= 0 or self.TIME_BUDGET <= 0:
             raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
+        if self.DELIVERY_RETENTION < 0:
+            raise ImproperlyConfigured("EVENT_LOG['DELIVERY_RETENTION'] must not be negative")
         if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():
             raise ImproperlyConfigured("EVENT_LOG['CLICKHOUSE_TABLE'] must be a plain identifier")
 

@@ -94,6 +94,26 @@ class OutboxCollector(Collector):
             yield CounterMetricFamily(name, documentation, value=value)
 
 
+class VerifyCollector(Collector):
+    """The latest ``event_log_verify`` outcome, read from PostgreSQL at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        from event_log.models import Verification  # noqa: PLC0415 (apps are loaded by now)
+
+        latest = Verification.objects.order_by("-verified_at").first()
+        yield GaugeMetricFamily(
+            "event_log_verify_failures",
+            "Event ids the latest verification found duplicated in ClickHouse or missing "
+            "from it (0 when clean or never run).",
+            value=(latest.duplicated + latest.missing) if latest else 0,
+        )
+        yield GaugeMetricFamily(
+            "event_log_verify_last_run_timestamp_seconds",
+            "Unix time of the latest verification (0 if none).",
+            value=latest.verified_at.timestamp() if latest else 0.0,
+        )
+
+
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     registry = CollectorRegistry()
@@ -102,6 +122,7 @@ def render_metrics() -> tuple[bytes, str]:
     else:
         registry = _with_default(registry)
     registry.register(OutboxCollector())
+    registry.register(VerifyCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

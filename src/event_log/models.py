@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 from event_log.events import ENVIRONMENT_MAX_LENGTH, EVENT_TYPE_MAX_LENGTH
@@ -108,3 +109,48 @@ class RelayStats(models.Model):
 
     def __str__(self) -> str:
         return f"{self.events_delivered} events delivered"
+
+
+class Delivery(models.Model):
+    """The event ids one batch delivered, kept for ``EVENT_LOG_DELIVERY_RETENTION``.
+
+    Written in the transaction that deletes the batch's rows (event_log.sql's
+    RECORD_DELIVERY), so a record exists if and only if ClickHouse acknowledged
+    those rows and the outbox let them go. ``event_log_verify`` looks each id up.
+    """
+
+    batch_id = models.UUIDField(primary_key=True)
+    delivered_at = models.DateTimeField(db_index=True)
+    event_ids = ArrayField(models.UUIDField())
+    rows = models.PositiveIntegerField()
+    # The events' own times: where to look in ClickHouse (its sorting key).
+    first_event_at = models.DateTimeField()
+    last_event_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "event_log_delivery"
+        verbose_name_plural = "deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} ({self.rows} events)"
+
+
+class Verification(models.Model):
+    """One run of ``event_log_verify``: what it checked and what it found."""
+
+    id = models.BigAutoField(primary_key=True)
+    verified_at = models.DateTimeField(db_index=True)
+    since = models.DateTimeField()
+    until = models.DateTimeField()
+    batches = models.PositiveIntegerField()
+    events = models.PositiveBigIntegerField()
+    duplicated = models.PositiveBigIntegerField()
+    missing = models.PositiveBigIntegerField()
+    # The first ids of each finding (the command's output has them all).
+    findings = models.JSONField(default=dict)
+
+    class Meta:
+        db_table = "event_log_verification"
+
+    def __str__(self) -> str:
+        return f"{self.verified_at:%Y-%m-%d %H:%M}: {self.duplicated + self.missing} findings"

@@ -304,3 +304,24 @@ BATCH_CONTEXT_BYTES = """
 SELECT coalesce(max(octet_length(event_context)), 0) FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
 """
+
+# finish() and finish_checked(), as the batch's holder, in the transaction that deletes
+# the rows, after dead letters left: the event ids about to be deleted (all of the
+# batch's, or those of %(event_ids)s), kept for event_log_verify (event_log.verify).
+# A batch finished in parts adds each part to its one record.
+RECORD_DELIVERY = """
+INSERT INTO event_log_delivery
+    (batch_id, delivered_at, event_ids, rows, first_event_at, last_event_at)
+SELECT %(batch_id)s, now(), array_agg(event_id), count(*), min(event_date_time),
+       max(event_date_time)
+FROM event_log_outbox
+WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
+  AND (%(event_ids)s::uuid[] IS NULL OR event_id = ANY(%(event_ids)s::uuid[]))
+HAVING count(*) > 0
+ON CONFLICT (batch_id) DO UPDATE SET
+    delivered_at = EXCLUDED.delivered_at,
+    event_ids = event_log_delivery.event_ids || EXCLUDED.event_ids,
+    rows = event_log_delivery.rows + EXCLUDED.rows,
+    first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
+    last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
+"""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import structlog
 from celery import shared_task
 
 from event_log.kick import kick_started
 from event_log.relay import Relay
+from event_log.verify import purge_old_records, record_verification, verify_deliveries
 
 logger = structlog.get_logger(__name__)
 
@@ -34,4 +37,23 @@ def relay_outbox(*, kicked: bool = False) -> dict[str, int | bool]:
         "dead_lettered": report.dead_lettered,
         "failures": report.failures,
         "drained": report.drained,
+    }
+
+
+@shared_task(name="event_log.tasks.verify_deliveries", ignore_result=True)
+def verify_deliveries_task(*, window_seconds: float = 3600.0) -> dict[str, int | bool]:
+    """Purge delivery records past their retention, then verify the last ``window_seconds``.
+
+    Logs ``event_log_verify_passed`` or ``event_log_verify_failed``; the outcome is
+    kept in PostgreSQL for the ``event_log_verify_failures`` metric.
+    """
+    purged = purge_old_records()
+    report = verify_deliveries(since=datetime.now(UTC) - timedelta(seconds=window_seconds))
+    record_verification(report)
+    return {
+        "purged": purged,
+        "events": report.events,
+        "duplicated": len(report.duplicated),
+        "missing": len(report.missing),
+        "clean": report.clean,
     }

@@ -1,0 +1,1 @@
+"""Test support: code the test suite runs, never the service."""
