@@ -23,6 +23,7 @@ from conftest import assert_exactly_once, publish_pings
 from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, Delivery, OutboxEvent, Verification
 from event_log.relay import Relay, run_relay
+from event_log.relay.fence import LeaseLostError
 from event_log.tasks import verify_deliveries_task
 from event_log.verify import parse_since, purge_old_records, verify_deliveries
 
@@ -84,9 +85,10 @@ def test_a_relay_that_outlived_its_lease_and_finishes_second_records_nothing(ch)
     relay = Relay(config=fast_config(BATCH_SIZE=1_000))
     batch = relay.claim()
     assert batch is not None
-    relay.write(batch)
-    relay.finish(batch, [])
-    relay.finish(batch, [])  # the late one: the rows are gone already
+    delivery = relay.write(batch)
+    relay.finish(batch, delivery)
+    with pytest.raises(LeaseLostError):
+        relay.finish(batch, delivery)  # the late one: it no longer holds the batch
 
     [record] = Delivery.objects.all()
     assert sorted(record.event_ids) == sorted(published)
