@@ -18,6 +18,7 @@ for hours.
   not yet delivered, a few per relay.
 - ``batches_stuck``: those of them tried ``EVENT_LOG_ALERT_AFTER_ATTEMPTS`` times or
   more: something they hold keeps failing (their ``last_error`` says what).
+- ``relays_paused``: operators paused every relay (``event_log.control``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from django.db import connection
 
 from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
+from event_log.control import relays_paused
 from event_log.query import DEFAULT_TIMEOUT, query_event_log
 
 # Counts up to this are exact; past it the id span (an upper bound) is reported.
@@ -51,6 +53,8 @@ class OutboxStatus:
     events_delivered: int
     events_dead_lettered: int
     last_delivered_at: datetime | None
+    # Set by operators (event_log.control): every relay claims nothing while it is.
+    relays_paused: bool = False
 
     @property
     def lag_seconds(self) -> float:
@@ -103,6 +107,7 @@ def outbox_status() -> OutboxStatus:
         events_delivered=delivered or 0,
         events_dead_lettered=dead_lettered or 0,
         last_delivered_at=last,
+        relays_paused=relays_paused(),
     )
 
 
