@@ -56,6 +56,10 @@ class Command(BaseCommand):
         self._table(result)
 
     def _table(self, result: QueryResult) -> None:
+        if not result.columns:
+            # The embedded engine names no columns for an empty answer.
+            self.stderr.write("(0 rows)")
+            return
         cells = [[_cell(value) for value in row] for row in result.rows]
         widths = [
             max([len(name)] + [len(row[i]) for row in cells])
