@@ -221,19 +221,27 @@ def ask_engine_owner(
     # The default queue is the one this stack's worker consumes (CELERY_QUEUE); a
     # query nobody took in time expires there instead of running for nobody.
     queue = task.app.conf.task_default_queue
-    task.apply_async(
-        kwargs={"statement": statement, "limit": limit, "answer_key": key},
-        queue=queue,
-        expires=timeout,
-        retry=False,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = cache.get(key)
-        if answer is not None:
-            cache.delete(key)
-            return _from_answer(answer, limit)
-        sleep(0.05)
+    try:
+        task.apply_async(
+            kwargs={"statement": statement, "limit": limit, "answer_key": key},
+            queue=queue,
+            expires=timeout,
+            retry=False,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = cache.get(key)
+            if answer is not None:
+                cache.delete(key)
+                return _from_answer(answer, limit)
+            sleep(0.05)
+    except (QueryRefusedError, ClickHouseError):
+        raise
+    except Exception as exc:  # the broker's or the cache's own exception types
+        raise EngineBusyError(
+            f"the embedded engine at {clickhouse.mask_url(url)} is held by another process, "
+            f"and asking it through the broker and the cache failed: {exc}"
+        ) from exc
     path = clickhouse.embedded_path(url)
     holder = engine_holder(path) if path else None
     raise EngineBusyError(

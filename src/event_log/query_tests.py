@@ -1,6 +1,8 @@
 """event_log_query and event_log_status's ClickHouse figures: read-only, limited, in every mode."""
 
 import json
+import sys
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -8,11 +10,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import transaction
 
-from conftest import WORKER, Ping, celery_argv, publish_pings, running, wait_until
+from conftest import SRC, WORKER, Ping, celery_argv, publish_pings, running, wait_until
 from event_log import clickhouse, publish
 from event_log.clickhouse import ClickHouseError
 from event_log.models import OutboxEvent
 from event_log.query import (
+    EngineBusyError,
     QueryRefusedError,
     ask_engine_owner,
     check_statement,
@@ -110,8 +113,6 @@ def test_event_log_query_refuses_a_write_with_a_clear_error_and_writes_nothing(c
 
 
 def _call(*args: str) -> str:
-    from io import StringIO
-
     out = StringIO()
     call_command(*args, stdout=out, stderr=StringIO())
     return out.getvalue()
@@ -204,3 +205,31 @@ def ch_ids_through_worker(ch) -> list[str]:
     result = query_event_log(f"SELECT event_id FROM {ch.table}", url=ch.url, limit=10_000)
     assert result.via == "engine owner"
     return [row[0] for row in result.rows]
+
+
+def test_an_empty_answer_prints_no_rows(ch):
+    err = StringIO()
+    call_command(
+        "event_log_query", f"SELECT event_id FROM {ch.table}", stdout=StringIO(), stderr=err
+    )
+
+    assert "(0 rows)" in err.getvalue()
+
+
+@pytest.mark.slow
+def test_a_holder_that_answers_no_queries_is_named_after_the_timeout(ch, process_env, tmp_path):
+    if clickhouse.embedded_path(ch.url) is None:
+        pytest.skip("the engine is held only in embedded mode")
+    path = clickhouse.embedded_path(ch.url)
+    assert path is not None
+    log = tmp_path / "relay.log"
+    # A relay_events process opens the engine at start and consumes no broker queue.
+    with running(
+        [sys.executable, str(SRC / "manage.py"), "relay_events"], env=process_env, log=log
+    ) as relay:
+        wait_until(lambda: engine_holder(path) is not None, timeout=60)
+        with pytest.raises(EngineBusyError) as busy:
+            query_event_log(f"SELECT count() FROM {ch.table}", url=ch.url, timeout=1)
+
+    assert f"PID: {relay.pid}" in str(busy.value)
+    assert "relay_events process does not" in str(busy.value)
