@@ -144,12 +144,15 @@ def test_admin_lists_sealed_batches_with_attempts_error_lease_ids_and_rows(admin
     batch = _backing_off_batch()
 
     page = admin_client.get("/admin/event_log/outboxbatch/").content.decode()
+    opened = admin_client.get(f"/admin/event_log/outboxbatch/{batch.id}/change/")
 
     assert str(batch.id) in page
     assert "TOO_MANY_PARTS" in page
     for column in ("attempts", "last error", "lease until", "first id", "last id", "rows"):
         assert column in page.lower()
     assert '<td class="field-rows">4</td>' in page
+    assert opened.status_code == 200
+    assert "TOO_MANY_PARTS" in opened.content.decode()
 
 
 def test_admin_retry_now_makes_a_backing_off_batch_due_and_the_next_run_delivers_it(

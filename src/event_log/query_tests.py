@@ -233,3 +233,22 @@ def test_a_holder_that_answers_no_queries_is_named_after_the_timeout(ch, process
 
     assert f"PID: {relay.pid}" in str(busy.value)
     assert "relay_events process does not" in str(busy.value)
+
+
+@pytest.mark.slow
+def test_clickhouse_migrate_names_the_process_holding_the_engine(ch, process_env, tmp_path, manage):
+    if clickhouse.embedded_path(ch.url) is None:
+        pytest.skip("the engine is held only in embedded mode")
+    path = clickhouse.embedded_path(ch.url)
+    assert path is not None
+    with running(
+        [sys.executable, str(SRC / "manage.py"), "relay_events"],
+        env=process_env,
+        log=tmp_path / "relay.log",
+    ) as relay:
+        wait_until(lambda: engine_holder(path) is not None, timeout=60)
+        done = manage("clickhouse_migrate")
+
+    assert done.returncode == 1
+    assert f"held by another process (PID: {relay.pid}" in done.stderr
+    assert "BAD_ARGUMENTS" not in done.stderr
