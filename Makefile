@@ -16,16 +16,20 @@ SETTINGS_FILE := $(if $(ENV_FILE),,src/core/.env)
 MANAGE := $(BIN)/python src/manage.py
 MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 PYTEST_ARGS ?=
+PROMETHEUS_RULES := docker/prometheus/rules/event_log.yml docker/prometheus/rules/verify.yml
 # --strict makes a dependency that cannot be audited an error (CI on GitHub sets it).
 AUDIT_FLAGS ?=
 
-.PHONY: help venv services test test-faults lint fmt audit run install shell migrations migrate \
+.PHONY: help venv tools services test test-faults lint fmt audit run install shell migrations migrate \
 	superuser clickhouse-migrate relay status bench docs-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-venv: $(BIN)/.synced $(SETTINGS_FILE) ## create or update .venv from uv.lock
+venv: $(BIN)/.synced $(SETTINGS_FILE) tools ## create or update .venv from uv.lock, then `make tools`
+
+tools: ## install promtool (Debian's prometheus package) when missing and we may; says how otherwise
+	@scripts/ensure-tools.sh
 
 # The local defaults with this checkout's own database, queue and cache prefix, so two
 # clones run two separate stacks. Never overwritten: once created it is the operator's.
@@ -56,6 +60,9 @@ lint: venv ## ruff, format check, mypy, Compose/Dockerfile/workflow checks
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/actionlint .github/workflows/*.yml
 	$(BIN)/hadolint Dockerfile
+	@if command -v promtool >/dev/null 2>&1; then promtool check rules $(PROMETHEUS_RULES); \
+	elif [ "$${CI:-}" = true ]; then echo "error: promtool is missing (make tools)" >&2; exit 1; \
+	else echo "skipped 'promtool check rules': promtool is missing (make tools, as root)"; fi
 
 fmt: venv ## format and autofix
 	$(BIN)/ruff check --fix .

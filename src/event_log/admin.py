@@ -4,12 +4,14 @@ import json
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Now
 from django.forms import ModelForm
 from django.http import HttpRequest
 
+from event_log.control import CONTROL_ID, batches_retry_now, relays_pause, relays_resume
 from event_log.dead_letters import dead_letters_replay, with_timestamps_as_text
-from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
+from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayControl
 
 
 class DeadLetterForm(ModelForm):  # type: ignore[type-arg]
@@ -110,4 +112,121 @@ class OutboxEventAdmin(ReadOnlyAdmin):
 
 @admin.register(OutboxBatch)
 class OutboxBatchAdmin(ReadOnlyAdmin):
-    list_display = ("id", "sealed_at", "lease_until", "attempts", "last_error")
+    """Sealed batches not yet delivered: what keeps failing, and a way to retry it now."""
+
+    list_display = (
+        "id",
+        "attempts",
+        "error",
+        "lease_until",
+        "leased",
+        "first_id",
+        "last_id",
+        "rows",
+        "sealed_at",
+    )
+    ordering = ("sealed_at", "id")
+    readonly_fields = (
+        "id",
+        "attempts",
+        "last_error",
+        "lease_until",
+        "first_id",
+        "last_id",
+        "rows",
+        "sealed_at",
+    )
+    actions = ("retry_now",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxBatch]:
+        # The batch's rows lie in [first_id, last_id]: counted on the primary key.
+        rows = (
+            OutboxEvent.objects.filter(
+                id__gte=OuterRef("first_id"), id__lte=OuterRef("last_id"), batch_id=OuterRef("pk")
+            )
+            .order_by()
+            .values("batch_id")
+            .annotate(n=Count("*"))
+            .values("n")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(row_count=Coalesce(Subquery(rows), 0), is_leased=Q(lease_until__gt=Now()))
+        )
+
+    @admin.display(description="rows")
+    def rows(self, batch: OutboxBatch) -> int:
+        return int(getattr(batch, "row_count", 0))
+
+    @admin.display(description="leased", boolean=True)
+    def leased(self, batch: OutboxBatch) -> bool:
+        return bool(getattr(batch, "is_leased", False))
+
+    @admin.display(description="last error")
+    def error(self, batch: OutboxBatch) -> str:
+        return batch.last_error[:200]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Nothing is edited by hand; the change permission only gates "retry now".
+        return obj is None and request.user.has_perm("event_log.change_outboxbatch")
+
+    @admin.action(description="Retry now (the next relay run takes them)", permissions=["change"])
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[OutboxBatch]) -> None:
+        count = batches_retry_now(ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(
+            request, f"{count} batches due now: the next relay run takes them", messages.SUCCESS
+        )
+
+
+class RelayControlForm(ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = RelayControl
+        fields = ("paused", "reason")
+
+
+@admin.register(RelayControl)
+class RelayControlAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Pause and resume every relay: a flag each relay reads before it claims a batch."""
+
+    form = RelayControlForm
+    list_display = ("__str__", "paused", "paused_by", "paused_at", "reason")
+    readonly_fields = ("paused_by", "paused_at")
+    actions = ("pause", "resume")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RelayControl]:
+        # The one row, there to act on even before anyone ever paused.
+        RelayControl.objects.get_or_create(id=CONTROL_ID)
+        return super().get_queryset(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: RelayControl,
+        form: ModelForm,  # type: ignore[type-arg]
+        change: bool,
+    ) -> None:
+        if obj.paused:
+            relays_pause(by=_who(request), reason=obj.reason)
+        else:
+            relays_resume(by=_who(request))
+
+    @admin.action(description="Pause all relays", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[RelayControl]) -> None:
+        relays_pause(by=_who(request), reason="paused from the admin")
+        self.message_user(request, "relays paused: nothing is delivered until resumed")
+
+    @admin.action(description="Resume all relays", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[RelayControl]) -> None:
+        relays_resume(by=_who(request))
+        self.message_user(request, "relays resumed", messages.SUCCESS)
+
+
+def _who(request: HttpRequest) -> str:
+    return f"{request.user.get_username()} (admin)"

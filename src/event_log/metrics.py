@@ -75,6 +75,10 @@ class OutboxCollector(Collector):
                 "above that an upper bound (the span of their ids).",
                 status.dead_letters,
             ),
+            "event_log_relays_paused": (
+                "1 while operators have paused every relay (nothing is delivered), else 0.",
+                1.0 if status.relays_paused else 0.0,
+            ),
             "event_log_last_delivery_timestamp_seconds": (
                 "Unix time of the last delivered batch (0 if none).",
                 status.last_delivered_at.timestamp() if status.last_delivered_at else 0.0,

@@ -154,3 +154,25 @@ class Verification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verified_at:%Y-%m-%d %H:%M}: {self.duplicated + self.missing} findings"
+
+
+class RelayControl(models.Model):
+    """The operators' switch for every relay, anywhere: one row (id 1).
+
+    While ``paused`` is set, each relay run returns before it claims anything (one
+    primary-key read per claim), so events wait safely in the outbox.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    paused = models.BooleanField(default=False)
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "event_log_relay_control"
+        verbose_name = "relay control"
+        verbose_name_plural = "relay control"
+
+    def __str__(self) -> str:
+        return "relays paused" if self.paused else "relays running"

@@ -18,6 +18,7 @@ for hours.
   not yet delivered, a few per relay.
 - ``batches_stuck``: those of them tried ``EVENT_LOG_ALERT_AFTER_ATTEMPTS`` times or
   more: something they hold keeps failing (their ``last_error`` says what).
+- ``relays_paused``: operators paused every relay (``event_log.control``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from django.db import connection
 
 from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
+from event_log.control import relays_paused
+from event_log.query import DEFAULT_TIMEOUT, query_event_log
 
 # Counts up to this are exact; past it the id span (an upper bound) is reported.
 # Counting stops after this many primary-key entries, so it costs the same at 10M.
@@ -50,6 +53,8 @@ class OutboxStatus:
     events_delivered: int
     events_dead_lettered: int
     last_delivered_at: datetime | None
+    # Set by operators (event_log.control): every relay claims nothing while it is.
+    relays_paused: bool = False
 
     @property
     def lag_seconds(self) -> float:
@@ -102,6 +107,7 @@ def outbox_status() -> OutboxStatus:
         events_delivered=delivered or 0,
         events_dead_lettered=dead_lettered or 0,
         last_delivered_at=last,
+        relays_paused=relays_paused(),
     )
 
 
@@ -134,15 +140,28 @@ def pending_batches(*, limit: int = 20) -> list[PendingBatch]:
         return [PendingBatch(*row) for row in cur.fetchall()]
 
 
-def clickhouse_status(url: str | None = None) -> dict[str, Any]:
-    """Row count of the event table, or the (masked) reason ClickHouse is unreachable."""
+def clickhouse_status(url: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+    """Row count of the event table, or the (masked) reason ClickHouse is unreachable.
+
+    Also while a running stack holds the embedded engine: the count is then asked of
+    the worker that holds it (``event_log.query``; ``via`` says who answered).
+    """
     url = url or clickhouse.clickhouse_url()
     table = event_log_settings().CLICKHOUSE_TABLE
     try:
-        with clickhouse.client(url) as ch:
-            result = ch.query(f"SELECT count() FROM `{table}`")  # noqa: S608 (validated identifier)
-            rows = result.result_rows[0][0]
+        result = query_event_log(
+            f"SELECT count() FROM `{table}`",  # noqa: S608 (validated identifier)
+            limit=1,
+            url=url,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        )
+        rows = result.rows[0][0]
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
         return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
-    return {"url": clickhouse.mask_url(url), "reachable": True, "rows": int(rows)}
+    return {
+        "url": clickhouse.mask_url(url),
+        "reachable": True,
+        "rows": int(rows),
+        "via": result.via,
+    }

@@ -8,6 +8,7 @@ import structlog
 from celery import shared_task
 
 from event_log.kick import kick_started
+from event_log.query import answer_query
 from event_log.relay import Relay
 from event_log.verify import purge_old_records, record_verification, verify_deliveries
 
@@ -57,3 +58,16 @@ def verify_deliveries_task(*, window_seconds: float = 3600.0) -> dict[str, int |
         "missing": len(report.missing),
         "clean": report.clean,
     }
+
+
+@shared_task(name="event_log.tasks.query_event_log", ignore_result=True)
+def query_event_log(*, statement: str, limit: int, answer_key: str) -> None:
+    """Answer a read-only query with this worker's ClickHouse client (ADR 0011).
+
+    With the embedded engine the worker's relay holds the only client there can be;
+    ``manage.py event_log_query`` and ``event_log_status`` send their query here and
+    read the answer from the cache under ``answer_key``.
+    """
+    answer_query(
+        _worker_relay().connect_clickhouse, statement=statement, limit=limit, key=answer_key
+    )

@@ -330,7 +330,7 @@ def test_the_verify_task_is_in_the_beat_schedule(settings):
 
 
 def test_the_alert_rules_watch_metrics_that_metrics_exposes(db, client):
-    rules = (REPO / "docker" / "prometheus" / "alerts.yml").read_text()
+    rules = (REPO / "docker" / "prometheus" / "rules" / "verify.yml").read_text()
     watched = set(re.findall(r"expr: .*?\b(event_log_\w+)", rules))
 
     assert watched == {

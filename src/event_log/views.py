@@ -29,6 +29,7 @@ def health(request: HttpRequest) -> JsonResponse:
             "outbox_depth_exact": status.outbox_depth_exact,
             "lag_seconds": round(status.lag_seconds, 3),
             "dead_letters": status.dead_letters,
+            "relays_paused": status.relays_paused,
         }
     )
 

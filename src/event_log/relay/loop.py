@@ -15,6 +15,7 @@ from django.db import connection
 from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
+from event_log.control import relays_paused
 from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
 from event_log.relay.backoff import backoff_delay
 from event_log.relay.batch import Batch, Delivery, RelayReport
@@ -122,6 +123,9 @@ class Relay:
         while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
             self._gather(deadline)
             try:
+                if relays_paused():  # operators' flag (event_log.control): claim nothing
+                    logger.info("relay_paused")
+                    break
                 with sentry_sdk.start_span(op="db", name="event_log seal batch"):
                     batch = self.claim()
             except DATABASE_ERRORS as exc:

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
+from event_log.query import engine_holder
 
 
 class Command(BaseCommand):
@@ -14,6 +15,15 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         url = clickhouse.clickhouse_url()
+        path = clickhouse.embedded_path(url)
+        holder = engine_holder(path) if path else None
+        if holder:
+            # Said plainly: the engine itself only reports BAD_ARGUMENTS here.
+            raise CommandError(
+                f"the embedded engine at {clickhouse.mask_url(url)} is held by another process "
+                f"({holder}): stop it first (make run migrates before it starts the stack); "
+                "event_log_query reads the event log meanwhile"
+            )
         try:
             report = schema.migrate(url)
         except (schema.TableNotReadyError, schema.LegacyUpgradeError) as exc:

@@ -14,7 +14,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-clickhouse",
             action="store_true",
-            help="do not open ClickHouse (e.g. while a relay owns the embedded engine)",
+            help=(
+                "do not ask ClickHouse (with the embedded engine held by a busy worker, "
+                "its answer can take up to EVENT_LOG_TIME_BUDGET seconds)"
+            ),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -11,7 +11,8 @@ from django.db import DatabaseError
 
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
-from event_log.relay import Relay
+from event_log.control import relays_paused
+from event_log.relay import Relay, RelayReport
 from event_log.status import outbox_status, pending_batches
 
 logger = structlog.get_logger(__name__)
@@ -71,6 +72,9 @@ class Command(BaseCommand):
             # delivered: the batch is postponed and the next run would find it leased.
             if report.drained or (report.failures and not report.batches):
                 break
+            if _returned_unclaimed(report) and relays_paused():
+                self.stderr.write("relays are paused (manage.py event_log_relays resume)")
+                break
         self.stdout.write(f"delivered {total} events")
         if self._describe_left():
             raise CommandError("events are left in the outbox", returncode=EXIT_EVENTS_LEFT)
@@ -122,9 +126,14 @@ class Command(BaseCommand):
         relay.sleep = lambda seconds: _sleep_unless(lambda: stopping, seconds)
         while not stopping:
             report = relay.run(max_batches=1)
-            if report.drained:
+            if report.drained or _returned_unclaimed(report):  # empty, or relays paused
                 _sleep_unless(lambda: stopping, idle)
         logger.info("relay_stopped")
+
+
+def _returned_unclaimed(report: RelayReport) -> bool:
+    """The run claimed nothing and met nothing: it found the relays paused."""
+    return not (report.drained or report.batches or report.failures or report.leases_lost)
 
 
 def _sleep_unless(stop: Any, seconds: float) -> None:
