@@ -6,6 +6,7 @@ server when CLICKHOUSE_URL points at one) and helpers to run relay processes.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -280,6 +281,71 @@ def insert_outbox_rows(
             ],
         )
     return event_ids
+
+
+def fast_config(**overrides: Any) -> Any:
+    """Relay settings with short back-offs, so fault tests recover within seconds."""
+    from event_log.conf import event_log_settings
+
+    return event_log_settings(BACKOFF_INITIAL=0.05, BACKOFF_MAX=0.2, **overrides)
+
+
+def insert_poison_row() -> uuid.UUID:
+    """A row ClickHouse refuses (its CHECK wants JSON), as a buggy writer could leave."""
+    from datetime import UTC, datetime
+
+    return insert_outbox_rows([datetime.now(UTC)], contexts=['{"n": 1, oops'])[0]
+
+
+def relay_process(
+    process_env: dict[str, str], *args: str, env: dict[str, str] | None = None, log: Any = None
+) -> subprocess.Popen[bytes]:
+    """A ``manage.py relay_events`` process sharing the test's databases."""
+    return subprocess.Popen(
+        [sys.executable, str(SRC / "manage.py"), "relay_events", *args],
+        env={**process_env, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=log or subprocess.DEVNULL,
+    )
+
+
+def kill_relays_at_random(
+    process_env: dict[str, str],
+    env: dict[str, str],
+    *,
+    seed: int,
+    rounds: int,
+    relays: int = 1,
+    longest_life: float = 0.6,
+    enough: int | None = None,
+) -> int:
+    """Start relay processes and SIGKILL them at random moments, round after round,
+    until the outbox is empty, ``rounds`` are done or ``enough`` kills landed mid-drain.
+    Returns how many kills landed while the relays were draining."""
+    from event_log.models import OutboxEvent
+
+    rng = random.Random(seed)  # noqa: S311 (test timing, not security)
+    kills_mid_drain = 0
+    for _ in range(rounds):
+        depth_before = OutboxEvent.objects.count()
+        if depth_before == 0 or kills_mid_drain == enough:
+            break
+        procs = [relay_process(process_env, env=env, log=subprocess.PIPE) for _ in range(relays)]
+        for proc in procs:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if b"relay_started" in line:
+                    break
+        time.sleep(rng.uniform(0.0, longest_life))
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+        for proc in procs:
+            proc.wait(timeout=30)
+            assert proc.stderr is not None
+            proc.stderr.close()
+        if 0 < OutboxEvent.objects.count() < depth_before:
+            kills_mid_drain += 1
+    return kills_mid_drain
 
 
 # -- a ClickHouse HTTP front end over the embedded engine ------------------------

@@ -5,10 +5,7 @@ full set in ClickHouse, and the lengths (a duplicate would make them differ).
 """
 
 import json
-import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,29 +19,24 @@ from django.core.management import call_command
 from django.db import connection
 from structlog.testing import capture_logs
 
-from conftest import assert_exactly_once, publish_pings, unused_port, wait_until
+from conftest import (
+    assert_exactly_once,
+    fast_config,
+    insert_poison_row,
+    kill_relays_at_random,
+    publish_pings,
+    relay_process,
+    unused_port,
+    wait_until,
+)
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
-from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
 from event_log.relay import Relay, run_relay
 
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 SRC = Path(__file__).resolve().parents[1]
-
-
-def fast_config(**overrides):
-    return event_log_settings(BACKOFF_INITIAL=0.05, BACKOFF_MAX=0.2, **overrides)
-
-
-def relay_process(process_env, *args: str, env: dict[str, str] | None = None, log=None):
-    return subprocess.Popen(
-        [sys.executable, str(SRC / "manage.py"), "relay_events", *args],
-        env={**process_env, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=log or subprocess.DEVNULL,
-    )
 
 
 # -- crashes -------------------------------------------------------------------
@@ -59,22 +51,7 @@ def test_relays_killed_at_random_moments_again_and_again_lose_and_duplicate_noth
         "EVENT_LOG_LEASE_SECONDS": "1",
         "EVENT_LOG_RELAY_INTERVAL": "0.2",
     }
-    rng = random.Random(20261126)
-    kills_mid_drain = 0
-    for _ in range(40):
-        depth_before = OutboxEvent.objects.count()
-        if depth_before == 0:
-            break
-        with relay_process(process_env, env=env, log=subprocess.PIPE) as proc:
-            for line in proc.stderr:
-                if b"relay_started" in line:
-                    break
-            time.sleep(rng.uniform(0.0, 0.6))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        depth_after = OutboxEvent.objects.count()
-        if 0 < depth_after < depth_before:
-            kills_mid_drain += 1
+    kills_mid_drain = kill_relays_at_random(process_env, env, seed=20261126, rounds=40)
     assert kills_mid_drain >= 3, "the kills should land while relays are draining"
 
     # Whatever the kills left behind: one last relay, after the leases ran out.
@@ -217,21 +194,9 @@ def test_api_keeps_answering_201_while_clickhouse_is_down_and_nothing_is_lost(
 # -- poison events -------------------------------------------------------------
 
 
-def _insert_poison_row() -> uuid.UUID:
-    """A row ClickHouse refuses (its CHECK wants JSON), as a buggy writer could leave."""
-    event_id = uuid.uuid4()
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
-            " event_context, metadata_version) VALUES (%s, 'ping', now(), 'test', %s, 1)",
-            [event_id, '{"n": 1, oops'],
-        )
-    return event_id
-
-
 def test_one_poison_row_in_a_batch_of_1000_is_dead_lettered_and_999_delivered(ch):
     published = publish_pings(500)
-    poison = _insert_poison_row()
+    poison = insert_poison_row()
     published += publish_pings(499)
 
     report = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
@@ -257,7 +222,7 @@ def test_one_poison_row_in_a_batch_of_1000_is_dead_lettered_and_999_delivered(ch
 def test_poison_bisection_after_a_crash_resends_the_same_sub_batches(ch):
     """A relay that bisected, inserted some halves, then died: the retry deduplicates."""
     published = publish_pings(300)
-    _insert_poison_row()
+    insert_poison_row()
     published += publish_pings(300)
 
     class Crash(Exception):

@@ -13,9 +13,14 @@ from functools import partial
 import pytest
 from django.db import connection
 
-from conftest import assert_exactly_once, insert_outbox_rows, publish_pings
+from conftest import (
+    assert_exactly_once,
+    fast_config,
+    insert_outbox_rows,
+    insert_poison_row,
+    publish_pings,
+)
 from event_log import clickhouse
-from event_log.faults_tests import _insert_poison_row, fast_config
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
 from event_log.relay import Relay
 
@@ -133,7 +138,7 @@ def test_a_profile_that_allows_errors_cannot_hide_a_row_its_check_refuses(
     ch, relay_session, monkeypatch
 ):
     published = publish_pings(30)
-    poison = _insert_poison_row()
+    poison = insert_poison_row()
     with_profile(monkeypatch, input_format_allow_errors_num=10, input_format_allow_errors_ratio=0.5)
 
     Relay(config=fast_config(BATCH_SIZE=1_000)).run()

@@ -8,8 +8,6 @@ the full set in ClickHouse, and the lengths.
 
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +17,14 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from conftest import assert_exactly_once, publish_pings, wait_until
+from conftest import (
+    assert_exactly_once,
+    fast_config,
+    kill_relays_at_random,
+    publish_pings,
+    relay_process,
+    wait_until,
+)
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
@@ -39,10 +44,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 SRC = Path(__file__).resolve().parents[1]
 TABLE = event_log_settings().CLICKHOUSE_TABLE
-
-
-def fast_config(**overrides):
-    return event_log_settings(BACKOFF_INITIAL=0.05, BACKOFF_MAX=0.2, **overrides)
 
 
 def relay_over(http, *, time_budget: float = 60, **overrides):
@@ -343,15 +344,6 @@ def test_a_proxy_413_over_http_is_not_transient(clickhouse_http):
 # -- several relay processes sharing one engine ----------------------------------
 
 
-def relay_process(process_env, url: str, env: dict[str, str], *args: str, log=None):
-    return subprocess.Popen(
-        [sys.executable, str(SRC / "manage.py"), "relay_events", *args],
-        env={**process_env, "CLICKHOUSE_URL": url, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=log or subprocess.DEVNULL,
-    )
-
-
 def test_relay_processes_sharing_one_engine_over_http_deliver_each_event_once(
     clickhouse_http, process_env
 ):
@@ -386,7 +378,10 @@ def test_relay_processes_sharing_one_engine_over_http_deliver_each_event_once(
     clickhouse_http.arm(
         Delay(match=lambda r: r.insert_table == TABLE and rng.random() < 0.2, times=20, seconds=0.2)
     )
-    relays = [relay_process(process_env, clickhouse_http.url, env) for _ in range(3)]
+    relays = [
+        relay_process(process_env, env={**env, "CLICKHOUSE_URL": clickhouse_http.url})
+        for _ in range(3)
+    ]
     try:
         wait_until(
             lambda: not OutboxEvent.objects.exists() and not OutboxBatch.objects.exists(),
@@ -416,28 +411,15 @@ def test_relay_processes_killed_at_random_moments_over_http_lose_and_duplicate_n
         "EVENT_LOG_LEASE_SECONDS": "1",
         "EVENT_LOG_RELAY_INTERVAL": "0.1",
     }
-    rng = random.Random(20261201)
-    kills_mid_drain = 0
-    for _ in range(25):
-        depth_before = OutboxEvent.objects.count()
-        if depth_before == 0 or kills_mid_drain == 5:
-            break  # the last relay below delivers what is left
-        relays = [
-            relay_process(process_env, clickhouse_http.url, env, log=subprocess.PIPE)
-            for _ in range(2)
-        ]
-        for proc in relays:
-            for line in proc.stderr:
-                if b"relay_started" in line:
-                    break
-        time.sleep(rng.uniform(0.0, 0.3))
-        for proc in relays:
-            proc.send_signal(signal.SIGKILL)
-        for proc in relays:
-            proc.wait(30)
-            proc.stderr.close()
-        if 0 < OutboxEvent.objects.count() < depth_before:
-            kills_mid_drain += 1
+    kills_mid_drain = kill_relays_at_random(
+        process_env,
+        {**env, "CLICKHOUSE_URL": clickhouse_http.url},
+        seed=20261201,
+        rounds=25,
+        relays=2,
+        longest_life=0.3,
+        enough=5,
+    )
     assert kills_mid_drain >= 3, "the kills should land while relays are draining"
 
     time.sleep(1.1)  # the leases of the killed relays run out

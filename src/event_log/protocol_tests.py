@@ -11,10 +11,9 @@ import uuid
 import pytest
 from django.db import connection
 
-from conftest import assert_exactly_once, publish_pings
+from conftest import assert_exactly_once, fast_config, insert_poison_row, publish_pings
 from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
-from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayStats
 from event_log.relay import Relay
 from event_log.relay import isolate as isolate_step
@@ -23,25 +22,9 @@ from event_log.relay.finish import release
 pytestmark = [pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
 
-def fast_config(**overrides):
-    return event_log_settings(BACKOFF_INITIAL=0.05, BACKOFF_MAX=0.2, **overrides)
-
-
 def expire_leases() -> None:
     with connection.cursor() as cur:
         cur.execute("UPDATE event_log_batch SET lease_until = now() - interval '1 second'")
-
-
-def insert_poison_row() -> uuid.UUID:
-    """A row ClickHouse refuses (its CHECK wants JSON)."""
-    event_id = uuid.uuid4()
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
-            " event_context, metadata_version) VALUES (%s, 'ping', now(), 'test', %s, 1)",
-            [event_id, '{"n": 1, oops'],
-        )
-    return event_id
 
 
 class Paused:

@@ -17,10 +17,17 @@ from clickhouse_connect.driver.client import Client
 from django.db import connection, transaction
 from structlog.testing import capture_logs
 
-from conftest import Ping, assert_exactly_once, insert_outbox_rows, publish_pings, unused_port
+from conftest import (
+    Ping,
+    assert_exactly_once,
+    fast_config,
+    insert_outbox_rows,
+    publish_pings,
+    unused_port,
+)
 from event_log import clickhouse, publish
 from event_log.clickhouse import ClickHouseError
-from event_log.faults_tests import fast_config, time_ago
+from event_log.faults_tests import time_ago
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
 from event_log.relay import Relay, backoff_delay
 from event_log.relay import claim as claim_step

@@ -2,11 +2,7 @@
 in ClickHouse — duplicates and gaps injected on purpose, nothing after a crash storm."""
 
 import json
-import random
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,9 +15,8 @@ from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from conftest import assert_exactly_once, publish_pings
-from event_log.conf import event_log_settings
-from event_log.models import DeadLetter, Delivery, OutboxEvent, Verification
+from conftest import assert_exactly_once, fast_config, kill_relays_at_random, publish_pings
+from event_log.models import DeadLetter, Delivery, Verification
 from event_log.relay import Relay, run_relay
 from event_log.relay.fence import LeaseLostError
 from event_log.tasks import verify_deliveries_task
@@ -32,10 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SRC = Path(__file__).resolve().parents[1]
 REPO = SRC.parent
 EXIT_FINDINGS = 3
-
-
-def fast_config(**overrides):
-    return event_log_settings(BACKOFF_INITIAL=0.05, BACKOFF_MAX=0.2, **overrides)
 
 
 def recorded_ids() -> list[uuid.UUID]:
@@ -216,26 +207,9 @@ def test_verify_finds_nothing_after_relays_killed_at_random_moments(ch, process_
         "EVENT_LOG_LEASE_SECONDS": "1",
         "EVENT_LOG_RELAY_INTERVAL": "0.2",
     }
-    rng = random.Random(20261130)
-    kills_mid_drain = 0
-    for _ in range(30):
-        depth_before = OutboxEvent.objects.count()
-        if depth_before == 0 or kills_mid_drain == 5:
-            break  # the last relay below delivers what is left
-        with subprocess.Popen(
-            [sys.executable, str(SRC / "manage.py"), "relay_events"],
-            env={**process_env, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        ) as proc:
-            for line in proc.stderr:
-                if b"relay_started" in line:
-                    break
-            time.sleep(rng.uniform(0.0, 0.3))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        if 0 < OutboxEvent.objects.count() < depth_before:
-            kills_mid_drain += 1
+    kills_mid_drain = kill_relays_at_random(
+        process_env, env, seed=20261130, rounds=30, longest_life=0.3, enough=5
+    )
     assert kills_mid_drain >= 3, "the kills should land while relays are draining"
     time.sleep(1.1)
     run_relay(time_budget=120)
