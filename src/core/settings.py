@@ -58,6 +58,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "core.urls"
+# The DEBUG page and error mails mask passwords inside URL-valued settings too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "core.exception_filter.UrlPasswordExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "core.exception_filter.RedactingExceptionReporter"
 WSGI_APPLICATION = "core.wsgi.application"
 ASGI_APPLICATION = "core.asgi.application"
 
