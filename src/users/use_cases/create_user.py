@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
+from typing import Annotated
 
 import structlog
 from django.db import IntegrityError, transaction
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, EmailStr, Field
 
 from core.use_case import UseCase, UseCaseRequest, UseCaseResponse
 from event_log import publish
@@ -15,11 +17,30 @@ logger = structlog.get_logger(__name__)
 
 DUPLICATE_EMAIL = "User with this email already exists"
 
+# Control characters (C0, DEL, C1: NUL, tab, newline, escape…) and lone surrogates:
+# PostgreSQL refuses NUL and cannot encode a surrogate, and none belongs in a name.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})
+
+
+def refuse_control_characters(value: str) -> str:
+    """``value`` unchanged, or ``ValueError`` if it holds a control character or a lone
+    surrogate (which PostgreSQL would refuse as a 500, or which has no place in text)."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ValueError(
+                f"must not contain control characters (found U+{ord(char):04X} "
+                f"at position {position})"
+            )
+    return value
+
+
+PlainName = Annotated[str, Field(max_length=150), AfterValidator(refuse_control_characters)]
+
 
 class CreateUserRequest(UseCaseRequest):
     email: EmailStr = Field(max_length=254)
-    first_name: str = Field(default="", max_length=150)
-    last_name: str = Field(default="", max_length=150)
+    first_name: PlainName = ""
+    last_name: PlainName = ""
 
 
 class CreatedUser(BaseModel):
