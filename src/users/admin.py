@@ -1,6 +1,11 @@
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest
 
+from event_log import publish
+from users.events import user_created_event
 from users.models import User
 
 
@@ -28,3 +33,10 @@ class UserAdmin(BaseUserAdmin):  # type: ignore[type-arg]
             },
         ),
     )
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        """A user added here publishes ``UserCreated`` like one created through the API;
+        the admin's change view runs in one transaction, so both commit or neither."""
+        super().save_model(request, obj, form, change)
+        if not change:
+            publish(user_created_event(obj))

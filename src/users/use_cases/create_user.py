@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, EmailStr, Field
 
 from core.use_case import UseCase, UseCaseRequest, UseCaseResponse
 from event_log import publish
-from users.events import UserCreated
+from users.events import user_created_event
 from users.models import User
 
 logger = structlog.get_logger(__name__)
@@ -76,14 +76,7 @@ class CreateUser(UseCase[CreateUserRequest, CreateUserResponse]):
                 )
         except IntegrityError:
             return CreateUserResponse(error=DUPLICATE_EMAIL)
-        publish(
-            UserCreated(
-                user_id=user.pk,
-                email=user.email,
-                first_name=user.first_name,
-                last_name=user.last_name,
-            )
-        )
+        publish(user_created_event(user))
         logger.info("user_created", user_id=user.pk)
         return CreateUserResponse(
             result=CreatedUser(
