@@ -85,7 +85,7 @@ def render_catalogue() -> str:
         "",
         "Generated from the code by `manage.py event_log_catalogue --write`; a test",
         "fails when this page and the code differ. A personal field holds personal data:",
-        "it is erased with its subject and kept no longer",
+        "it is erased with its subject (`manage.py event_log_erase`) and kept no longer",
         "than the event log's retention (see docs/data-protection.md).",
         "",
     ]

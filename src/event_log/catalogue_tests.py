@@ -14,7 +14,7 @@ def test_user_created_declares_its_email_and_names_personal_and_its_user_as_subj
     assert personal_fields(UserCreated) == ("email", "first_name", "last_name")
     assert UserCreated.subject == ("user", "user_id")
     event = UserCreated(user_id=7, email="a@example.com", first_name="A", last_name="L")
-    assert event.subject_id() == "user:7"
+    assert event.subject_ref() == "user:7"
 
 
 def test_the_catalogue_lists_personal_fields_per_event_type():

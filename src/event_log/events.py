@@ -120,7 +120,7 @@ class Event(BaseModel):
                 'subject = ("<kind>", "<id field>") so its data can be erased'
             )
 
-    def subject_id(self) -> str | None:
+    def subject_ref(self) -> str | None:
         """``"<kind>:<id>"`` of the subject this event is about, or None."""
         if self.subject is None:
             return None
@@ -206,3 +206,16 @@ def _type_may_hide(annotation: Any) -> bool:
     else:
         hides = issubclass(annotation, BaseModel) or not issubclass(annotation, _PLAIN_TYPES)
     return hides
+
+
+class SubjectErased(Event):
+    """A subject's personal fields were erased from the event log (outbox, dead
+    letters, ClickHouse). Carries counts and the subject's id, never the erased
+    values: the audit trail of an erasure must not undo it."""
+
+    subject_kind: str
+    subject_id: str
+    event_types: list[str]
+    outbox_events: int
+    dead_letters: int
+    clickhouse_events: int
