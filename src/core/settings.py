@@ -192,6 +192,12 @@ EVENT_LOG = {
     "ISOLATION_MAX_INSERTS": env.integer("EVENT_LOG_ISOLATION_MAX_INSERTS", default=500, minimum=2),
     "ALERT_AFTER_ATTEMPTS": env.integer("EVENT_LOG_ALERT_AFTER_ATTEMPTS", default=10, minimum=1),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
+    # Personal data is kept no longer than needed (GDPR Art. 5(1)(e)); 0 keeps for ever:
+    # the default, so an upgrade never deletes history unasked (docs/data-protection.md).
+    "RETENTION_DAYS": env.integer("EVENT_LOG_RETENTION_DAYS", default=0, minimum=0),
+    "DEAD_LETTER_RETENTION_DAYS": env.integer(
+        "EVENT_LOG_DEAD_LETTER_RETENTION_DAYS", default=30, minimum=0
+    ),
 }
 
 CELERY_BEAT_SCHEDULE = {
@@ -207,6 +213,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "event_log.tasks.relay_outbox",
         "schedule": crontab(),
         "options": {"expires": 50},
+    },
+    "purge-old-dead-letters": {
+        "task": "event_log.tasks.purge_old_dead_letters",
+        "schedule": crontab(hour=3, minute=17),
+        "options": {"expires": 3600},
     },
 }
 SENTRY_UNMONITORED_BEAT_ENTRIES = ["^relay-outbox$"]

@@ -16,7 +16,11 @@ from ``EVENT_LOG_KICK``):
 - ``ISOLATION_MAX_INSERTS``: most INSERTs one attempt may spend isolating refused rows;
 - ``ALERT_AFTER_ATTEMPTS``: attempts after which a batch that still fails is logged
   at error level and reported as stuck;
-- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to.
+- ``CLICKHOUSE_TABLE``: the ClickHouse table events go to;
+- ``RETENTION_DAYS``: days an event stays in ClickHouse (a TTL set by
+  ``clickhouse_migrate``), 0 for ever;
+- ``DEAD_LETTER_RETENTION_DAYS``: days a dead letter stays before the daily purge
+  deletes it, 0 for ever.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class EventLogSettings:
     ISOLATION_MAX_INSERTS: int = 500
     ALERT_AFTER_ATTEMPTS: int = 10
     CLICKHOUSE_TABLE: str = "event_log"
+    RETENTION_DAYS: int = 0
+    DEAD_LETTER_RETENTION_DAYS: int = 30
 
     def __post_init__(self) -> None:
         if self.BATCH_SIZE < 1:
@@ -56,6 +62,8 @@ class EventLogSettings:
             )
         if self.LEASE_SECONDS <= 0 or self.TIME_BUDGET <= 0:
             raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
+        if self.RETENTION_DAYS < 0 or self.DEAD_LETTER_RETENTION_DAYS < 0:
+            raise ImproperlyConfigured("EVENT_LOG retention days must be 0 (for ever) or more")
         if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():
             raise ImproperlyConfigured("EVENT_LOG['CLICKHOUSE_TABLE'] must be a plain identifier")
 

@@ -31,6 +31,7 @@ from django.db import connection
 
 from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
+from event_log.retention import current_ttl
 
 # Counts up to this are exact; past it the id span (an upper bound) is reported.
 # Counting stops after this many primary-key entries, so it costs the same at 10M.
@@ -142,7 +143,17 @@ def clickhouse_status(url: str | None = None) -> dict[str, Any]:
         with clickhouse.client(url) as ch:
             result = ch.query(f"SELECT count() FROM `{table}`")  # noqa: S608 (validated identifier)
             rows = result.result_rows[0][0]
+            ttl = current_ttl(ch, database=ch.database or "default", table=table)
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
         return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
-    return {"url": clickhouse.mask_url(url), "reachable": True, "rows": int(rows)}
+    return {"url": clickhouse.mask_url(url), "reachable": True, "rows": int(rows), "ttl": ttl}
+
+
+def retention_status() -> dict[str, int]:
+    """The retention settings, in days (0: kept for ever)."""
+    config = event_log_settings()
+    return {
+        "event_log_days": config.RETENTION_DAYS,
+        "dead_letter_days": config.DEAD_LETTER_RETENTION_DAYS,
+    }

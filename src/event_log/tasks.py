@@ -7,6 +7,7 @@ from celery import shared_task
 
 from event_log.kick import kick_started
 from event_log.relay import Relay
+from event_log.retention import purge_old_dead_letters as purge_old
 
 logger = structlog.get_logger(__name__)
 
@@ -35,3 +36,9 @@ def relay_outbox(*, kicked: bool = False) -> dict[str, int | bool]:
         "failures": report.failures,
         "drained": report.drained,
     }
+
+
+@shared_task(name="event_log.tasks.purge_old_dead_letters", ignore_result=True)
+def purge_old_dead_letters() -> int:
+    """Delete dead letters older than EVENT_LOG_DEAD_LETTER_RETENTION_DAYS (daily)."""
+    return purge_old()
