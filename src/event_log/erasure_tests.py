@@ -162,3 +162,22 @@ def test_erased_context_keeps_the_shape_and_the_other_fields():
     erased = json.loads(erased_context(context, ("email", "first_name", "last_name")))
 
     assert erased == {"user_id": 7, "email": ERASED, "first_name": ERASED, "last_name": ERASED}
+
+
+def test_the_user_admin_action_erases_the_selected_user_only(ch, admin_client):
+    from users.models import User
+
+    for user_id in (ERASED_USER, OTHER_USER):
+        User.objects.create_user(id=user_id, email=f"account{user_id}@example.com")
+    _publish(_event(ERASED_USER, 0), _event(OTHER_USER, 0))
+    run_relay()
+
+    response = admin_client.post(
+        "/admin/users/user/",
+        {"action": "erase_from_event_log", "_selected_action": [ERASED_USER]},
+    )
+
+    assert response.status_code == 302
+    contexts = [json.loads(row[0]) for row in ch.query(f"SELECT event_context FROM {ch.table}")]
+    emails = {c["user_id"]: c["email"] for c in contexts if "email" in c}
+    assert emails == {ERASED_USER: ERASED, OTHER_USER: f"user{OTHER_USER}.n0@example.com"}
