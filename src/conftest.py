@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sentry_sdk
 from django.conf import settings
 from django.db import transaction
+from sentry_sdk.transport import Transport
 
+from core.sentry import configure_sentry
 from event_log import Event, clickhouse, publish, schema
 
 SRC = Path(__file__).resolve().parent
@@ -382,3 +385,45 @@ def clickhouse_http(
         http = HttpClickHouse(front)
         http.probe.truncate()
         yield http
+
+
+class CapturingTransport(Transport):
+    """Keeps what the real SDK would send, instead of sending it."""
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.envelopes: list[Any] = []
+
+    def capture_envelope(self, envelope: Any) -> None:
+        self.envelopes.append(envelope)
+
+    def items(self, kind: str) -> list[Any]:
+        return [
+            item.payload.json
+            for envelope in self.envelopes
+            for item in envelope.items
+            if item.type == kind
+        ]
+
+    def everything(self) -> str:
+        """Every item of every envelope as text, for "this value is nowhere" checks."""
+        return "\n".join(
+            item.get_bytes().decode("utf-8", "replace")
+            for envelope in self.envelopes
+            for item in envelope.items
+        )
+
+
+@pytest.fixture
+def sentry_capture() -> Iterator[CapturingTransport]:
+    """Sentry as the settings configure it, with a transport that keeps the envelopes."""
+    transport = CapturingTransport()
+    configure_sentry(
+        dsn="https://public@sentry.example.invalid/1",
+        environment="test",
+        traces_sample_rate=1.0,
+        transport=transport,
+    )
+    yield transport
+    sentry_sdk.get_client().close()
+    sentry_sdk.init()  # back to disabled

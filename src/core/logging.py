@@ -8,30 +8,23 @@ format: JSON lines in production, a readable console in development.
 from __future__ import annotations
 
 import logging.config
-import re
 from typing import Any
 
 import structlog
 
-# Keys whose values never reach a log line (personal data and secrets).
-REDACTED_KEYS = frozenset(
-    {"email", "first_name", "last_name", "password", "secret_key", "dsn", "authorization"}
-)
-REDACTED = "[redacted]"
+from core.redaction import REDACTED, REDACTED_KEYS, redact
 
-
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+__all__ = ["REDACTED", "REDACTED_KEYS", "configure_logging", "redact_personal_data"]
 
 
 def redact_personal_data(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """Personal data belongs in the audited event log, not in application logs;
-    passwords inside URLs (DSNs in error messages) belong nowhere."""
-    for key in REDACTED_KEYS.intersection(event_dict):
-        event_dict[key] = REDACTED
-    for key, value in event_dict.items():
-        if isinstance(value, str) and "@" in value:
-            event_dict[key] = _URL_PASSWORD.sub(r"\1***@", value)
-    return event_dict
+    """Redact the whole record (see :mod:`core.redaction`): nested values, positional
+    arguments, exception text and tracebacks, e-mail addresses in free text.
+
+    It runs last before rendering, after the message is formatted with its arguments
+    and the exception is turned into text, so what it sees is what is written.
+    """
+    return {key: redact(value, key=key) for key, value in event_dict.items()}
 
 
 def _shared_processors() -> list[Any]:
@@ -40,7 +33,6 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_personal_data,
     ]
 
 
@@ -82,6 +74,7 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
                     "processors": [
                         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                         structlog.processors.format_exc_info,
+                        redact_personal_data,
                         renderer,
                     ],
                     "foreign_pre_chain": shared,

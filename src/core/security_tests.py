@@ -192,6 +192,32 @@ def test_fuzzed_payloads_never_get_a_500_nor_a_partial_write(client, settings, p
     assert OutboxEvent.objects.count() == events_before + created
 
 
+hostile_names = st.text(
+    alphabet=st.characters(codec=None, categories=None, exclude_categories=()), max_size=160
+) | st.sampled_from(["\x00", "Ada\x00Lovelace", "\ud800", "\x1b[2J", "a\u202eb", "\r\n"])
+
+
+@pytest.mark.django_db
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(email=st.emails(), first_name=hostile_names, last_name=hostile_names)
+def test_valid_emails_with_hostile_names_get_201_409_or_422_never_a_500(
+    client, settings, email, first_name, last_name
+):
+    settings.API_USERS_CREATE_RATE = "100000/s"
+    users_before = User.objects.count()
+    events_before = OutboxEvent.objects.count()
+    body = {"email": email, "first_name": first_name, "last_name": last_name}
+
+    response = client.post("/api/users", data=json.dumps(body), content_type="application/json")
+
+    assert response.status_code in {201, 409, 422}, (response.status_code, body)
+    created = response.status_code == 201
+    assert User.objects.count() == users_before + created
+    assert OutboxEvent.objects.count() == events_before + created
+
+
 class Anything(Event):
     value: object
 

@@ -28,6 +28,8 @@ ALLOWED_HOSTS = env.string_list("ALLOWED_HOSTS", default=["127.0.0.1", "localhos
 CSRF_TRUSTED_ORIGINS = env.string_list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    # First, so its createsuperuser (which publishes UserCreated) replaces Django's.
+    "users",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -40,7 +42,6 @@ INSTALLED_APPS = [
     "ninja",
     "core",
     "event_log",
-    "users",
 ]
 
 MIDDLEWARE = [
@@ -58,6 +59,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "core.urls"
+# The DEBUG page and error mails mask passwords inside URL-valued settings too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "core.exception_filter.UrlPasswordExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "core.exception_filter.RedactingExceptionReporter"
 WSGI_APPLICATION = "core.wsgi.application"
 ASGI_APPLICATION = "core.asgi.application"
 
@@ -189,6 +193,12 @@ EVENT_LOG = {
     "ALERT_AFTER_ATTEMPTS": env.integer("EVENT_LOG_ALERT_AFTER_ATTEMPTS", default=10, minimum=1),
     "CLICKHOUSE_TABLE": env.optional("EVENT_LOG_CLICKHOUSE_TABLE", default="event_log"),
     "DELIVERY_RETENTION": env.number("EVENT_LOG_DELIVERY_RETENTION", default=604_800.0),
+    # Personal data is kept no longer than needed (GDPR Art. 5(1)(e)); 0 keeps for ever:
+    # the default, so an upgrade never deletes history unasked (docs/data-protection.md).
+    "RETENTION_DAYS": env.integer("EVENT_LOG_RETENTION_DAYS", default=0, minimum=0),
+    "DEAD_LETTER_RETENTION_DAYS": env.integer(
+        "EVENT_LOG_DEAD_LETTER_RETENTION_DAYS", default=30, minimum=0
+    ),
 }
 
 CELERY_BEAT_SCHEDULE = {
@@ -212,6 +222,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 900.0,
         "kwargs": {"window_seconds": 3600.0},
         "options": {"expires": 600},
+    },
+    "purge-old-dead-letters": {
+        "task": "event_log.tasks.purge_old_dead_letters",
+        "schedule": crontab(hour=3, minute=17),
+        "options": {"expires": 3600},
     },
 }
 SENTRY_UNMONITORED_BEAT_ENTRIES = ["^relay-outbox$"]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import structlog
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
@@ -10,8 +12,11 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 
 from event_log.control import CONTROL_ID, batches_retry_now, relays_pause, relays_resume
+from event_log.dead_letter_audit import context_change
 from event_log.dead_letters import dead_letters_replay, with_timestamps_as_text
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayControl
+
+logger = structlog.get_logger(__name__)
 
 
 class DeadLetterForm(ModelForm):  # type: ignore[type-arg]
@@ -66,9 +71,50 @@ class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def save_model(self, request: HttpRequest, obj: DeadLetter, form: Any, change: bool) -> None:
+        """Record the edit without the values: the admin's log entry (see
+        :meth:`construct_change_message`) and a log line get field names and digests."""
+        before = form.initial.get("event_context", "")
+        super().save_model(request, obj, form, change)
+        edit = context_change(before, obj.event_context)
+        form.context_change = edit
+        logger.info(
+            "dead_letter_edited",
+            dead_letter_id=obj.pk,
+            event_id=str(obj.event_id),
+            user_id=request.user.pk,
+            **{f"context_{key}": value for key, value in edit.as_dict().items()},
+        )
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> list[dict[str, Any]]:
+        message: list[dict[str, Any]] = super().construct_change_message(
+            request, form, formsets, add
+        )
+        edit = getattr(form, "context_change", None)
+        if edit is not None:
+            # Django shows "changed" entries; the digests stay in the stored JSON.
+            message = [
+                {"changed": {"fields": [f"event_context.{name}" for name in edit.fields]}},
+                {"event_context": edit.as_dict()},
+            ]
+        return message
+
     @admin.action(description="Replay selected dead letters", permissions=["change"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        count = dead_letters_replay(ids=list(queryset.values_list("id", flat=True)))
+        letters = list(queryset)
+        count = dead_letters_replay(ids=[letter.pk for letter in letters])
+        for letter in letters:
+            # The dead letter is gone (back in the outbox): the entry keeps its id and event.
+            self.log_change(
+                request,
+                letter,
+                [
+                    {"replayed": {"event_id": str(letter.event_id)}},
+                    {"event_context": {"digest": context_change("", letter.event_context).after}},
+                ],
+            )
         self.message_user(
             request, f"{count} dead letters sent back to the outbox", messages.SUCCESS
         )

@@ -18,7 +18,11 @@ from ``EVENT_LOG_KICK``):
   at error level and reported as stuck;
 - ``CLICKHOUSE_TABLE``: the ClickHouse table events go to;
 - ``DELIVERY_RETENTION``: seconds the delivered event ids of each batch are kept
-  in PostgreSQL for ``event_log_verify``.
+  in PostgreSQL for ``event_log_verify``;
+- ``RETENTION_DAYS``: days an event stays in ClickHouse (a TTL set by
+  ``clickhouse_migrate``), 0 for ever;
+- ``DEAD_LETTER_RETENTION_DAYS``: days a dead letter stays before the daily purge
+  deletes it, 0 for ever.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class EventLogSettings:
     ALERT_AFTER_ATTEMPTS: int = 10
     CLICKHOUSE_TABLE: str = "event_log"
     DELIVERY_RETENTION: float = 7 * 24 * 3600.0
+    RETENTION_DAYS: int = 0
+    DEAD_LETTER_RETENTION_DAYS: int = 30
 
     def __post_init__(self) -> None:
         if self.BATCH_SIZE < 1:
@@ -61,6 +67,8 @@ class EventLogSettings:
             raise ImproperlyConfigured("EVENT_LOG lease and time budget must be positive")
         if self.DELIVERY_RETENTION < 0:
             raise ImproperlyConfigured("EVENT_LOG['DELIVERY_RETENTION'] must not be negative")
+        if self.RETENTION_DAYS < 0 or self.DEAD_LETTER_RETENTION_DAYS < 0:
+            raise ImproperlyConfigured("EVENT_LOG retention days must be 0 (for ever) or more")
         if not self.CLICKHOUSE_TABLE.replace("_", "").isalnum():
             raise ImproperlyConfigured("EVENT_LOG['CLICKHOUSE_TABLE'] must be a plain identifier")
 

@@ -116,18 +116,24 @@ def cutoff_for_age(days: float) -> datetime:
 def dead_letters_replay(*, ids: Sequence[int] | None = None) -> int:
     """Move dead letters (all when ``ids`` is None) back to the outbox; returns how many."""
     with transaction.atomic():
-        selected = list(
+        rows = list(
             DeadLetter.objects.select_for_update()
             .filter(**({} if ids is None else {"id__in": list(ids)}))
-            .values_list("id", flat=True)
+            .values_list("id", "event_id")
         )
-        if not selected:
+        if not rows:
             return 0
+        selected = [row_id for row_id, _ in rows]
         with connection.cursor() as cur:
             cur.execute(sql.REPLAY_DEAD_LETTERS, {"ids": selected})
             moved = cur.rowcount
         relay_run_on_commit(connection.alias)
-    logger.info("dead_letters_replayed", dead_letters=moved)
+    # Ids only: which events went back is audit; their contexts stay out of logs.
+    logger.info(
+        "dead_letters_replayed",
+        dead_letters=moved,
+        event_ids=[str(event_id) for _, event_id in rows[:100]],
+    )
     return moved
 
 

@@ -14,6 +14,17 @@ What the outbox cannot hold is refused when the class is defined
 ``metadata_version`` outside PostgreSQL's bigint. Float fields refuse NaN and
 infinities when an event is built: JSON has no such numbers (pydantic would write
 ``null``), so they could not reach ClickHouse as what they were.
+
+Personal data is declared, not guessed: a field annotated ``Annotated[str, Personal]``
+holds personal data, and ``subject = ("user", "user_id")`` on the class says whose
+(the kind of subject, and the field holding its id). :func:`personal_fields` and
+:attr:`Event.subject` are what erasure, the event catalogue (``docs/events.md``) and
+the retention rules read::
+
+    class UserCreated(Event):
+        subject = ("user", "user_id")
+        user_id: int
+        email: Annotated[str, Personal]
 """
 
 from __future__ import annotations
@@ -44,6 +55,15 @@ def snake_case(name: str) -> str:
     return _WORD_BOUNDARY.sub(r"\1_\2", _ACRONYM_BOUNDARY.sub(r"\1_\2", name)).lower()
 
 
+class Personal:
+    """Field marker: ``Annotated[str, Personal]`` holds personal data (GDPR Art. 4).
+
+    Such a field is erased with its subject (``manage.py event_log_erase``) and is
+    listed as personal in the event catalogue. A class declaring personal fields must
+    declare its ``subject``, or nobody could find the data to erase it.
+    """
+
+
 class EventDefinitionError(TypeError):
     """An ``Event`` subclass whose events the outbox could not hold."""
 
@@ -60,6 +80,9 @@ class Event(BaseModel):
 
     event_type: ClassVar[str] = "event"
     metadata_version: ClassVar[int] = 1
+    # (kind, field): whose event this is, e.g. ("user", "user_id"); None for events
+    # about no person.
+    subject: ClassVar[tuple[str, str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -77,6 +100,41 @@ class Event(BaseModel):
                 f"{cls.__name__}.metadata_version must be at most {METADATA_VERSION_MAX} "
                 "(a PostgreSQL bigint)"
             )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # Fields are known only here, after pydantic built the model.
+        super().__pydantic_init_subclass__(**kwargs)
+        subject = cls.subject
+        if subject is not None and (
+            not isinstance(subject, tuple)
+            or len(subject) != 2
+            or subject[1] not in cls.model_fields
+        ):
+            raise EventDefinitionError(
+                f"{cls.__name__}.subject must be (kind, field) naming one of its fields"
+            )
+        if personal_fields(cls) and subject is None:
+            raise EventDefinitionError(
+                f"{cls.__name__} has personal fields but no subject: declare "
+                'subject = ("<kind>", "<id field>") so its data can be erased'
+            )
+
+    def subject_ref(self) -> str | None:
+        """``"<kind>:<id>"`` of the subject this event is about, or None."""
+        if self.subject is None:
+            return None
+        kind, field = self.subject
+        return f"{kind}:{getattr(self, field)}"
+
+
+def personal_fields(event_class: type[Event]) -> tuple[str, ...]:
+    """The names of ``event_class``'s fields annotated with :class:`Personal`, in order."""
+    return tuple(
+        name
+        for name, field in event_class.model_fields.items()
+        if any(marker is Personal or isinstance(marker, Personal) for marker in field.metadata)
+    )
 
 
 def event_context_json(event: Event) -> str:
@@ -148,3 +206,16 @@ def _type_may_hide(annotation: Any) -> bool:
     else:
         hides = issubclass(annotation, BaseModel) or not issubclass(annotation, _PLAIN_TYPES)
     return hides
+
+
+class SubjectErased(Event):
+    """A subject's personal fields were erased from the event log (outbox, dead
+    letters, ClickHouse). Carries counts and the subject's id, never the erased
+    values: the audit trail of an erasure must not undo it."""
+
+    subject_kind: str
+    subject_id: str
+    event_types: list[str]
+    outbox_events: int
+    dead_letters: int
+    clickhouse_events: int

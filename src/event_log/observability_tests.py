@@ -18,7 +18,6 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from prometheus_client.parser import text_string_to_metric_families
-from sentry_sdk.transport import Transport
 from structlog.testing import capture_logs
 
 from conftest import RUN_ID, WORKER, Ping, celery_argv, running, unused_port, wait_until
@@ -94,39 +93,6 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
     assert "ada@example.com" not in web_log.read_text() + worker_log.read_text()
     [event_id] = ch.event_ids()
     assert published[0]["event_ids"] == [str(event_id)]
-
-
-class CapturingTransport(Transport):
-    """Keeps what the real SDK would send, instead of sending it."""
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.envelopes = []
-
-    def capture_envelope(self, envelope):
-        self.envelopes.append(envelope)
-
-    def items(self, kind: str) -> list[dict]:
-        return [
-            item.payload.json
-            for envelope in self.envelopes
-            for item in envelope.items
-            if item.type == kind
-        ]
-
-
-@pytest.fixture
-def sentry_capture():
-    transport = CapturingTransport()
-    sentry_sdk.init(
-        dsn="https://public@sentry.example.invalid/1",
-        transport=transport,
-        traces_sample_rate=1.0,
-        environment="test",
-    )
-    yield transport
-    sentry_sdk.get_client().close()
-    sentry_sdk.init()  # back to disabled
 
 
 def test_sentry_gets_the_failing_batch_with_its_id_rows_and_clickhouse_error(ch, sentry_capture):

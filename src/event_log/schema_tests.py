@@ -136,7 +136,7 @@ def test_fsync_migration_turns_fsync_on_in_a_database_migrated_before_it(client)
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")
     assert "fsync_after_insert" not in before
-    assert report.applied == ["0002_fsync_on_insert"]
+    assert report.applied[:1] == ["0002_fsync_on_insert"]  # later files follow it
     assert report.repaired == {}
     assert (after["fsync_after_insert"], after["fsync_part_directory"]) == ("1", "1")
 

@@ -34,6 +34,7 @@ from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
 from event_log.control import relays_paused
 from event_log.query import DEFAULT_TIMEOUT, query_event_log
+from event_log.retention import ttl_of
 
 # Counts up to this are exact; past it the id span (an upper bound) is reported.
 # Counting stops after this many primary-key entries, so it costs the same at 10M.
@@ -156,6 +157,14 @@ def clickhouse_status(url: str | None = None, *, timeout: float | None = None) -
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
         rows = result.rows[0][0]
+        engine = query_event_log(
+            "SELECT engine_full FROM system.tables"  # noqa: S608 (validated identifier)
+            f" WHERE database = currentDatabase() AND name = '{table}'",
+            limit=1,
+            url=url,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        )
+        ttl = ttl_of(engine.rows[0][0]) if engine.rows else None
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
         return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
@@ -163,5 +172,15 @@ def clickhouse_status(url: str | None = None, *, timeout: float | None = None) -
         "url": clickhouse.mask_url(url),
         "reachable": True,
         "rows": int(rows),
+        "ttl": ttl,
         "via": result.via,
+    }
+
+
+def retention_status() -> dict[str, int]:
+    """The retention settings, in days (0: kept for ever)."""
+    config = event_log_settings()
+    return {
+        "event_log_days": config.RETENTION_DAYS,
+        "dead_letter_days": config.DEAD_LETTER_RETENTION_DAYS,
     }

@@ -10,6 +10,7 @@ from celery import shared_task
 from event_log.kick import kick_started
 from event_log.query import answer_query
 from event_log.relay import Relay
+from event_log.retention import purge_old_dead_letters as purge_old
 from event_log.verify import purge_old_records, record_verification, verify_deliveries
 
 logger = structlog.get_logger(__name__)
@@ -71,3 +72,9 @@ def query_event_log(*, statement: str, limit: int, answer_key: str) -> None:
     answer_query(
         _worker_relay().connect_clickhouse, statement=statement, limit=limit, key=answer_key
     )
+
+
+@shared_task(name="event_log.tasks.purge_old_dead_letters", ignore_result=True)
+def purge_old_dead_letters() -> int:
+    """Delete dead letters older than EVENT_LOG_DEAD_LETTER_RETENTION_DAYS (daily)."""
+    return purge_old()

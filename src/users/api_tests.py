@@ -4,6 +4,7 @@ import re
 import pytest
 from django.conf import settings
 
+from event_log.models import OutboxEvent
 from users.models import User
 
 pytestmark = pytest.mark.django_db
@@ -52,6 +53,29 @@ def test_invalid_payload_answers_422_with_field_errors_and_writes_nothing(client
     fields = {error["loc"][-1] for error in response.json()["detail"]}
     assert field in fields
     assert User.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("first_name", "Ada\u0000"),
+        ("last_name", "Love\u0000lace"),
+        ("first_name", "Ada\nLovelace"),
+        ("last_name", "\u001b[31mred"),
+    ],
+)
+def test_a_name_with_a_nul_or_control_character_answers_422_and_writes_nothing(
+    client, field, value
+):
+    # json.dumps writes each of them as a \u escape, as a hostile client would.
+    response = _post(client, {"email": "ada@example.com", field: value})
+
+    assert response.status_code == 422, response.content
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == field
+    assert "control characters" in error["msg"]
+    assert User.objects.count() == 0
+    assert OutboxEvent.objects.count() == 0
 
 
 @pytest.mark.parametrize("body", ['{"email": ', "not json", "[1, 2"])

@@ -6,7 +6,10 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
+from event_log import publish
+from users.events import user_created_event
 from users.models import User
+from users.use_cases.create_user import refuse_control_characters
 
 
 class SuperuserError(ValueError):
@@ -18,9 +21,11 @@ def ensure_superuser(
 ) -> bool:
     """Create a superuser with this e-mail unless a user with it (any case) exists.
 
-    Returns True when it created one. An existing user is left as it is, so a set-up
+    Returns True when it created one, and then publishes its ``UserCreated`` in the
+    same transaction. An existing user is left as it is, so a set-up
     may run this at every start. Raises :class:`SuperuserError` for an invalid
-    e-mail or an empty password, before anything is written.
+    e-mail, an empty password or a name with control characters, before anything
+    is written.
     """
     email = User.objects.normalize_email(email.strip())
     try:
@@ -29,10 +34,17 @@ def ensure_superuser(
         raise SuperuserError(f"{email!r} is not a valid e-mail address") from None
     if not password:
         raise SuperuserError("the password is empty")
+    first_name, last_name = first_name.strip(), last_name.strip()
+    for field, value in (("first_name", first_name), ("last_name", last_name)):
+        try:
+            refuse_control_characters(value)
+        except ValueError as exc:
+            raise SuperuserError(f"{field} {exc}") from None
     with transaction.atomic():
         if User.objects.filter(email__iexact=email).exists():
             return False
-        User.objects.create_superuser(
-            email, password, first_name=first_name.strip(), last_name=last_name.strip()
+        user = User.objects.create_superuser(
+            email, password, first_name=first_name, last_name=last_name
         )
+        publish(user_created_event(user))
     return True

@@ -78,3 +78,84 @@ def test_make_install_writes_no_migration_files():
 
     assert "migrate --noinput" in dry_run.stdout
     assert "makemigrations" not in dry_run.stdout
+
+
+def _user_created_contexts() -> list[dict]:
+    import json
+
+    from event_log.models import OutboxEvent
+
+    return [
+        json.loads(row.event_context)
+        for row in OutboxEvent.objects.filter(event_type="user_created").order_by("id")
+    ]
+
+
+@pytest.mark.django_db
+def test_ensure_superuser_publishes_user_created_once_for_the_account_it_creates():
+    ensure_superuser(email="admin@example.com", password=PHRASE, first_name="Ada")
+    ensure_superuser(email="admin@example.com", password=PHRASE)
+
+    user = User.objects.get()
+    assert _user_created_contexts() == [
+        {"user_id": user.pk, "email": "admin@example.com", "first_name": "Ada", "last_name": ""}
+    ]
+
+
+@pytest.mark.django_db
+def test_ensure_superuser_refuses_a_name_with_a_nul_and_writes_nothing():
+    with pytest.raises(SuperuserError, match="control characters"):
+        ensure_superuser(email="admin@example.com", password=PHRASE, last_name="A\x00")
+
+    assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_createsuperuser_publishes_user_created_for_the_account_it_creates(monkeypatch):
+    from django.core.management import call_command
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", PHRASE)
+    call_command(
+        "createsuperuser",
+        "--noinput",
+        email="root@example.com",
+        first_name="Grace",
+        last_name="Hopper",
+        verbosity=0,
+    )
+
+    user = User.objects.get()
+    assert user.is_superuser
+    assert _user_created_contexts() == [
+        {
+            "user_id": user.pk,
+            "email": "root@example.com",
+            "first_name": "Grace",
+            "last_name": "Hopper",
+        }
+    ]
+
+
+@pytest.mark.django_db
+def test_a_user_added_in_the_admin_publishes_user_created(admin_client):
+    response = admin_client.post(
+        "/admin/users/user/add/",
+        {
+            "email": "added@example.com",
+            "first_name": "Alan",
+            "last_name": "Turing",
+            "password1": "a-long-enough-Passw0rd",
+            "password2": "a-long-enough-Passw0rd",
+        },
+    )
+
+    assert response.status_code == 302, response.content[:2000]
+    user = User.objects.get(email="added@example.com")
+    assert _user_created_contexts() == [
+        {
+            "user_id": user.pk,
+            "email": "added@example.com",
+            "first_name": "Alan",
+            "last_name": "Turing",
+        }
+    ]

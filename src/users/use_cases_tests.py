@@ -99,3 +99,11 @@ def test_user_is_the_result_under_a_readable_name_not_a_copy():
 def test_a_response_refuses_unknown_fields_so_an_alias_cannot_be_passed_as_one():
     with pytest.raises(ValidationError, match="user"):
         CreateUserResponse(user=None)
+
+
+@pytest.mark.parametrize("name", ["Ada\x00", "Ada\x07", "A\u0085da"])
+def test_a_name_with_a_control_character_is_refused_with_a_clear_error(name):
+    with pytest.raises(ValidationError, match="must not contain control characters"):
+        CreateUserRequest(email="ada@example.com", first_name="x", last_name=name)
+
+    assert User.objects.count() == 0

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from event_log import clickhouse
+from event_log import clickhouse, retention
 from event_log.conf import event_log_settings
 from event_log.schema import ddl, legacy, verify
 
@@ -97,4 +97,6 @@ def apply_migrations(
         logger.info("clickhouse_migration_applied", version=version, database=database)
         report.applied.append(version)
     report.repaired = verify.verify_table(ch, database=database, table=table)
+    if retention.apply_retention(ch, database=database, table=table):
+        report.repaired["ttl"] = str(retention.current_ttl(ch, database=database, table=table))
     return report

@@ -1,25 +1,46 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
+from typing import Annotated
 
 import structlog
 from django.db import IntegrityError, transaction
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, EmailStr, Field
 
 from core.use_case import UseCase, UseCaseRequest, UseCaseResponse
 from event_log import publish
-from users.events import UserCreated
+from users.events import user_created_event
 from users.models import User
 
 logger = structlog.get_logger(__name__)
 
 DUPLICATE_EMAIL = "User with this email already exists"
 
+# Control characters (C0, DEL, C1: NUL, tab, newline, escape…) and lone surrogates:
+# PostgreSQL refuses NUL and cannot encode a surrogate, and none belongs in a name.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cs"})
+
+
+def refuse_control_characters(value: str) -> str:
+    """``value`` unchanged, or ``ValueError`` if it holds a control character or a lone
+    surrogate (which PostgreSQL would refuse as a 500, or which has no place in text)."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ValueError(
+                f"must not contain control characters (found U+{ord(char):04X} "
+                f"at position {position})"
+            )
+    return value
+
+
+PlainName = Annotated[str, Field(max_length=150), AfterValidator(refuse_control_characters)]
+
 
 class CreateUserRequest(UseCaseRequest):
     email: EmailStr = Field(max_length=254)
-    first_name: str = Field(default="", max_length=150)
-    last_name: str = Field(default="", max_length=150)
+    first_name: PlainName = ""
+    last_name: PlainName = ""
 
 
 class CreatedUser(BaseModel):
@@ -55,14 +76,7 @@ class CreateUser(UseCase[CreateUserRequest, CreateUserResponse]):
                 )
         except IntegrityError:
             return CreateUserResponse(error=DUPLICATE_EMAIL)
-        publish(
-            UserCreated(
-                user_id=user.pk,
-                email=user.email,
-                first_name=user.first_name,
-                last_name=user.last_name,
-            )
-        )
+        publish(user_created_event(user))
         logger.info("user_created", user_id=user.pk)
         return CreateUserResponse(
             result=CreatedUser(

@@ -3,11 +3,14 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from event_log.status import clickhouse_status, outbox_status
+from event_log.status import clickhouse_status, outbox_status, retention_status
 
 
 class Command(BaseCommand):
-    help = "Show the outbox depth, lag, batches in flight, dead letters and ClickHouse row count."
+    help = (
+        "Show the outbox depth, lag, batches in flight, dead letters, retention and "
+        "ClickHouse row count and TTL."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -22,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         status = outbox_status().as_dict()
+        status["retention"] = retention_status()
         if not options["no_clickhouse"]:
             status["clickhouse"] = clickhouse_status()
         if options["json"]:

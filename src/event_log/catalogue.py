@@ -1,0 +1,107 @@
+"""The event catalogue: every event type the installed apps publish, with its fields,
+which of them are personal, and whose data they are.
+
+Events are found in each installed app's ``events`` module (``users.events``), so
+the catalogue lists what production code publishes, not test doubles.
+``docs/events.md`` is :func:`render_catalogue`'s output (``manage.py
+event_log_catalogue --write``); a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, get_args, get_origin
+
+from django.apps import apps
+
+from event_log.events import Event, personal_fields
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    name: str
+    event_type: str
+    metadata_version: int
+    subject: tuple[str, str] | None
+    fields: tuple[tuple[str, str], ...]  # (name, type)
+    personal: tuple[str, ...]
+
+
+def event_classes() -> list[type[Event]]:
+    """Event classes defined in the installed apps' ``events`` modules, by event_type."""
+    found: dict[str, type[Event]] = {}
+    for config in apps.get_app_configs():
+        try:
+            module = importlib.import_module(f"{config.name}.events")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{config.name}.events":
+                raise
+            continue
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Event)
+                and value is not Event
+                and value.__module__ == module.__name__
+            ):
+                found[value.event_type] = value
+    return [found[name] for name in sorted(found)]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is not None and getattr(origin, "__name__", "") == "Annotated":
+        return _type_name(get_args(annotation)[0])
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def catalogue() -> list[EventEntry]:
+    """One entry per event type (see :func:`event_classes`)."""
+    return [
+        EventEntry(
+            name=cls.__name__,
+            event_type=cls.event_type,
+            metadata_version=cls.metadata_version,
+            subject=cls.subject,
+            fields=tuple(
+                (name, _type_name(field.annotation)) for name, field in cls.model_fields.items()
+            ),
+            personal=personal_fields(cls),
+        )
+        for cls in event_classes()
+    ]
+
+
+def personal_fields_by_event_type() -> dict[str, tuple[str, ...]]:
+    """``{event_type: personal field names}`` for every catalogued event type."""
+    return {entry.event_type: entry.personal for entry in catalogue()}
+
+
+def render_catalogue() -> str:
+    """``docs/events.md``: the catalogue as Markdown."""
+    lines = [
+        "# Event catalogue",
+        "",
+        "Generated from the code by `manage.py event_log_catalogue --write`; a test",
+        "fails when this page and the code differ. A personal field holds personal data:",
+        "it is erased with its subject (`manage.py event_log_erase`) and kept no longer",
+        "than the event log's retention (see docs/data-protection.md).",
+        "",
+    ]
+    for entry in catalogue():
+        subject = f"`{entry.subject[0]}` (id in `{entry.subject[1]}`)" if entry.subject else "none"
+        lines += [
+            f"## `{entry.event_type}` ({entry.name})",
+            "",
+            f"metadata_version {entry.metadata_version}; subject: {subject}",
+            "",
+            "| field | type | personal |",
+            "| --- | --- | --- |",
+            *(
+                f"| `{name}` | {type_name} | {'yes' if name in entry.personal else 'no'} |"
+                for name, type_name in entry.fields
+            ),
+            "",
+        ]
+    return "\n".join(lines)

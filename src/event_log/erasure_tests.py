@@ -1,0 +1,183 @@
+"""Erasure of a subject's personal fields while its events are everywhere at once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, transaction
+
+from event_log import clickhouse, publish
+from event_log.conf import event_log_settings
+from event_log.erasure import ERASED, ErasureError, erased_context, event_log_erase
+from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
+from event_log.relay import run_relay
+from event_log.relay.claim import claim
+from event_log.relay.write import write
+from users.events import UserCreated
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ERASED_USER, OTHER_USER = 41, 42
+
+
+def _event(user_id: int, n: int) -> UserCreated:
+    return UserCreated(
+        user_id=user_id,
+        email=f"user{user_id}.n{n}@example.com",
+        first_name=f"First{user_id}x{n}",
+        last_name=f"Last{user_id}x{n}",
+    )
+
+
+def _personal_values(user_id: int) -> list[str]:
+    return [f"user{user_id}.n", f"First{user_id}x", f"Last{user_id}x"]
+
+
+def _publish(*events: UserCreated) -> list[uuid.UUID]:
+    with transaction.atomic():
+        return publish(*events)
+
+
+def _dead_letter(event: UserCreated) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    DeadLetter.objects.create(
+        event_id=event_id,
+        event_type=event.event_type,
+        event_date_time=datetime.now(UTC),
+        environment="test",
+        event_context=event.model_dump_json(),
+        error="Code: 469 (VIOLATED_CONSTRAINT) row 1, column event_context",
+        batch_id=uuid.uuid4(),
+    )
+    return event_id
+
+
+def _everything_in_postgresql() -> str:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(string_agg(event_context, ' '), '') FROM event_log_outbox "
+            "UNION ALL SELECT coalesce(string_agg(event_context || error, ' '), '') "
+            "FROM event_log_dead_letter "
+            "UNION ALL SELECT coalesce(string_agg(last_error, ' '), '') FROM event_log_batch"
+        )
+        return " ".join(row[0] for row in cur.fetchall())
+
+
+def test_erasing_a_subject_in_flight_leaves_none_of_its_values_and_others_untouched(ch):
+    """Its events are delivered, in a sealed batch that already landed, in a sealed
+    batch not yet sent, waiting in the outbox and dead-lettered, all at once."""
+    config = event_log_settings()
+    delivered = _publish(_event(ERASED_USER, 0), _event(OTHER_USER, 0))
+    run_relay()
+
+    landed = _publish(_event(ERASED_USER, 1), _event(OTHER_USER, 1))
+    landed_batch = claim(config)
+    with clickhouse.client() as client:
+        write(client, config, landed_batch, timeout=10)  # a relay dies before its delete
+
+    sealed = _publish(_event(ERASED_USER, 2), _event(OTHER_USER, 2))
+    sealed_batch = claim(config)  # a relay dies before its insert
+    assert {landed_batch.id, sealed_batch.id} == set(
+        OutboxBatch.objects.values_list("id", flat=True)
+    )
+
+    waiting = _publish(_event(ERASED_USER, 3), _event(OTHER_USER, 3))
+    dead = [_dead_letter(_event(ERASED_USER, 4)), _dead_letter(_event(OTHER_USER, 4))]
+    others_before = {
+        json.loads(context)["email"]
+        for (context,) in ch.query(f"SELECT event_context FROM {ch.table}")
+        if json.loads(context)["user_id"] == OTHER_USER
+    }
+
+    report = event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+
+    assert (report.outbox_events, report.dead_letters) == (3, 1)
+    assert report.in_flight_batches == 2
+    assert report.clickhouse_events == 2  # the delivered one and the landed batch's
+    # Both sealed batches expire; the relay re-reads their rows and re-sends what
+    # ClickHouse lacks, then the waiting rows; the dead letters are replayed too.
+    OutboxBatch.objects.update(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+    call_command("event_log_dead_letters", "replay", "--all", verbosity=0)
+    run_relay()
+
+    rows = ch.query(f"SELECT event_id, event_type, event_context FROM {ch.table}")
+    ids = [row[0] for row in rows]
+    erasures = [row for row in rows if row[1] == "subject_erased"]
+    published = [*delivered, *landed, *sealed, *waiting, *dead]
+    assert sorted(ids) == sorted([*published, erasures[0][0]]), "each event once, none lost"
+    assert len(erasures) == 1
+    everything = " ".join(row[2] for row in rows) + _everything_in_postgresql()
+    for value in _personal_values(ERASED_USER):
+        assert value not in everything
+    contexts = {row[0]: json.loads(row[2]) for row in rows}
+    erased = [c for c in contexts.values() if c.get("user_id") == ERASED_USER]
+    assert len(erased) == 5
+    assert all(c["email"] == c["first_name"] == c["last_name"] == ERASED for c in erased)
+    others = [c for c in contexts.values() if c.get("user_id") == OTHER_USER]
+    assert sorted(c["email"] for c in others) == [
+        f"user{OTHER_USER}.n{n}@example.com" for n in range(5)
+    ]
+    assert others_before <= {c["email"] for c in others}
+    assert json.loads(erasures[0][2]) == {
+        "subject_kind": "user",
+        "subject_id": str(ERASED_USER),
+        "event_types": ["user_created"],
+        "outbox_events": 3,
+        "dead_letters": 1,
+        "clickhouse_events": 2,
+    }
+
+
+def test_erasing_again_rewrites_nothing(ch):
+    _publish(_event(ERASED_USER, 0))
+    run_relay()
+    event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+
+    again = event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+
+    assert (again.outbox_events, again.dead_letters, again.clickhouse_events) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("subject", ["user", "user:", ":42", "order:42"])
+def test_a_bad_subject_is_refused_and_nothing_is_written(subject):
+    _publish(_event(ERASED_USER, 0))
+    before = list(OutboxEvent.objects.values_list("event_context", flat=True))
+
+    with pytest.raises(ErasureError):
+        event_log_erase(subject=subject, wait_for_in_flight=0)
+    with pytest.raises(CommandError):
+        call_command("event_log_erase", "--subject", subject)
+
+    assert list(OutboxEvent.objects.values_list("event_context", flat=True)) == before
+
+
+def test_erased_context_keeps_the_shape_and_the_other_fields():
+    context = _event(7, 1).model_dump_json()
+
+    erased = json.loads(erased_context(context, ("email", "first_name", "last_name")))
+
+    assert erased == {"user_id": 7, "email": ERASED, "first_name": ERASED, "last_name": ERASED}
+
+
+def test_the_user_admin_action_erases_the_selected_user_only(ch, admin_client):
+    from users.models import User
+
+    for user_id in (ERASED_USER, OTHER_USER):
+        User.objects.create_user(id=user_id, email=f"account{user_id}@example.com")
+    _publish(_event(ERASED_USER, 0), _event(OTHER_USER, 0))
+    run_relay()
+
+    response = admin_client.post(
+        "/admin/users/user/",
+        {"action": "erase_from_event_log", "_selected_action": [ERASED_USER]},
+    )
+
+    assert response.status_code == 302
+    contexts = [json.loads(row[0]) for row in ch.query(f"SELECT event_context FROM {ch.table}")]
+    emails = {c["user_id"]: c["email"] for c in contexts if "email" in c}
+    assert emails == {ERASED_USER: ERASED, OTHER_USER: f"user{OTHER_USER}.n0@example.com"}

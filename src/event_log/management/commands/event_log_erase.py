@@ -1,0 +1,37 @@
+import json
+from dataclasses import asdict
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from event_log.clickhouse import ClickHouseError
+from event_log.erasure import ErasureError, event_log_erase
+
+
+class Command(BaseCommand):
+    help = (
+        "Erase a subject's personal fields (e.g. --subject user:42) from the outbox, the "
+        "dead letters and ClickHouse, and record the erasure as a subject_erased event."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--subject", required=True, help="<kind>:<id>, e.g. user:42")
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=None,
+            help="seconds to wait for sealed batches holding the subject's rows "
+            "(default: lease + insert timeout)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            report = event_log_erase(subject=options["subject"], wait_for_in_flight=options["wait"])
+        except ErasureError as exc:
+            raise CommandError(str(exc)) from None
+        except ClickHouseError as exc:
+            raise CommandError(
+                f"ClickHouse failed ({exc.summary}); "
+                "PostgreSQL's part is done: run the command again"
+            ) from None
+        self.stdout.write(json.dumps(asdict(report), sort_keys=True))
