@@ -27,7 +27,7 @@ import enum
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -205,8 +205,10 @@ class RelayMachine(RuleBasedStateMachine):
 
     # -- setup and teardown ---------------------------------------------------
 
-    @initialize(count=st.integers(1, 12), poison=st.booleans())
-    def start_from_a_fresh_outbox(self, count: int, poison: bool) -> None:
+    @initialize(count=st.integers(1, 12), poison=st.booleans(), budget=st.sampled_from([500, 3]))
+    def start_from_a_fresh_outbox(self, count: int, poison: bool, budget: int = 500) -> None:
+        # A small isolation budget leaves rows of an attempt for the next one.
+        self.config = replace(self.config, ISOLATION_MAX_INSERTS=budget)
         with connection.cursor() as cur:
             cur.execute(
                 "TRUNCATE event_log_outbox, event_log_batch, event_log_dead_letter,"
@@ -472,4 +474,30 @@ def test_an_insert_that_lands_after_a_take_over_is_dropped_as_a_duplicate(ch, fa
         machine,
         lambda: machine.start_from_a_fresh_outbox(count=1, poison=False),
         lambda: machine.run_relay(plan=[Outcome.PAUSED_PAST_LEASE], batches=1),
+    )
+
+
+def test_a_resent_batch_whose_rows_clickhouse_kept_without_the_token_lands_once(ch, faults):
+    """Without the lookup before a re-send, the second attempt's INSERT stores the rows
+    that the first one left under no token a second time."""
+    machine = RelayMachine(ch, faults)
+    _replay(
+        machine,
+        lambda: machine.start_from_a_fresh_outbox(count=3, poison=False),
+        lambda: machine.run_relay(plan=[Outcome.ROWS_WITHOUT_TOKEN], batches=1),
+        machine.expire_leases,
+        lambda: machine.run_relay(plan=[], batches=1),
+    )
+
+
+def test_a_resent_batch_whose_token_clickhouse_kept_without_its_rows_is_delivered(ch, faults):
+    """Without the lookup before a re-send, the second attempt's INSERT is dropped as a
+    duplicate of a token without rows, acknowledged, and the rows deleted: lost."""
+    machine = RelayMachine(ch, faults)
+    _replay(
+        machine,
+        lambda: machine.start_from_a_fresh_outbox(count=3, poison=False),
+        lambda: machine.run_relay(plan=[Outcome.TOKEN_WITHOUT_ROWS], batches=1),
+        machine.expire_leases,
+        lambda: machine.run_relay(plan=[], batches=1),
     )
