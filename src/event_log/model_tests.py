@@ -85,7 +85,7 @@ class Outcome(enum.Enum):
     ROWS_WITHOUT_TOKEN = "rows kept without token"  # noqa: S105 (not a secret)
     PREFIX_LANDED = "part of a multi-block insert landed"
     PAUSED_PAST_LEASE = "sender paused past its lease, then landed"
-    LANDS_LATE = "client gave up, the server lands it later"
+    LANDS_LATE = "client gave up, the server lands it before the next attempt"
 
 
 OUTCOMES = st.lists(st.sampled_from(Outcome), max_size=3)
@@ -241,6 +241,7 @@ class RelayMachine(RuleBasedStateMachine):
 
     @rule(relay=st.sampled_from("AB"))
     def claim(self, relay: str) -> None:
+        self._late_inserts_finish()
         batch = claim(self.config)
         if batch is not None:
             self.held.append(Held(relay, batch))
@@ -293,6 +294,7 @@ class RelayMachine(RuleBasedStateMachine):
 
     @rule(plan=OUTCOMES, batches=st.integers(1, 3))
     def run_relay(self, plan: list[Outcome], batches: int) -> None:
+        self._late_inserts_finish()
         self.faults.plan = list(plan)
         relay = Relay(config=self.config, sleep=lambda _: None)
         try:
@@ -343,12 +345,18 @@ class RelayMachine(RuleBasedStateMachine):
 
     def _take_over(self) -> None:
         """Another relay, after every lease ran out, delivers what it can."""
+        self._late_inserts_finish()
         self.expire_leases()
         relay = Relay(config=self.config, sleep=lambda _: None)
         try:
             relay.run(time_budget=30.0)
         finally:
             relay.close()
+
+    def _late_inserts_finish(self) -> None:
+        """A server's late INSERT ends before the batch's next attempt: after a timeout
+        the relay waits at least ``INSERT_TIMEOUT``, the server's ``max_execution_time``."""
+        self.faults.land_late_inserts(self.ch)
 
     def _drain(self) -> None:
         """No more faults: expire leases and run relays until the outbox is empty."""
