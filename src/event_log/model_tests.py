@@ -509,3 +509,16 @@ def test_a_resent_batch_whose_token_clickhouse_kept_without_its_rows_is_delivere
         machine.expire_leases,
         lambda: machine.run_relay(plan=[], batches=1),
     )
+
+
+def test_a_batch_with_more_poison_rows_than_the_isolation_budget_is_still_drained(ch, faults):
+    """Each attempt must confirm some refused row before its budget is spent: sending
+    the rest first, then its rest, … spent a budget of 3 on three refusals and left a
+    batch with three poison rows unchanged, attempt after attempt."""
+    machine = RelayMachine(ch, faults)
+    _replay(
+        machine,
+        lambda: machine.start_from_a_fresh_outbox(count=1, poison=True, budget=3),
+        lambda: machine.publish(count=1, poison=True),
+        lambda: machine.publish(count=1, poison=True),
+    )

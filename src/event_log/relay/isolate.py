@@ -1,21 +1,22 @@
 """Sending rows, and isolating the ones ClickHouse refuses.
 
 An INSERT ClickHouse refuses writes nothing, so a refused INSERT is a cheap probe.
-When ClickHouse names the bad row (``at row N``), that row is set aside and the
-rest is sent again as one INSERT: a batch with k bad rows takes about 2k + 1
-inserts and leaves one part, not one part per good stretch. Without a row number
-the rows are bisected. Each row set aside is then sent alone: refused, it is
-rejected with ClickHouse's error; accepted, it was never bad. An INSERT too large
-for a proxy or for the server's memory is halved; one spanning more months than
-ClickHouse takes at once is split by month. A budget bounds the inserts of one
-attempt; what it leaves stays in the batch for the next attempt.
+When ClickHouse names the bad row (``at row N``), that row is sent alone, then the
+rest again as one INSERT: a batch with k bad rows takes about 2k + 1 inserts and
+leaves one part, not one part per good stretch. Without a row number the rows are
+bisected down to single rows. A row sent alone and refused is rejected with
+ClickHouse's error; accepted, it was never bad. An INSERT too large for a proxy or
+for the server's memory is halved; one spanning more months than ClickHouse takes
+at once is split by month. A budget bounds the inserts of one attempt; the rows it
+confirmed as refused are kept, what it leaves stays in the batch for the next
+attempt.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
 
@@ -44,6 +45,8 @@ class Sender:
     timeout: float | None
     generation: int = 0
     inserts: int = 0
+    # Rows refused so far in this attempt, kept when the budget runs out mid-send.
+    rejected: dict[uuid.UUID, ClickHouseError] = field(default_factory=dict)
 
     def insert(self, lines: list[bytes]) -> None:
         """One INSERT of ``lines``, after renewing the lease (raises ``ClickHouseError``)."""
@@ -71,7 +74,7 @@ class Sender:
         tried. Raises ``ClickHouseError`` for a transient failure and
         :class:`InsertBudgetSpentError` when the budget is spent.
         """
-        rejected: dict[uuid.UUID, ClickHouseError] = {}
+        rejected = self.rejected
         todo: list[tuple[list[bytes], ClickHouseError | None]] = [(lines, refused)]
         while todo:
             block, error = todo.pop()
@@ -102,7 +105,9 @@ def _split(
     if failure is Failure.DATA and error.row is not None and 1 <= error.row <= len(block):
         suspect = error.row - 1
         rest = block[:suspect] + block[suspect + 1 :]
-        return [([block[suspect]], None), (rest, None)]
+        # The suspect first: each attempt then confirms a refused row before its budget
+        # runs out, however many bad rows the batch holds.
+        return [(rest, None), ([block[suspect]], None)]
     if failure is Failure.TOO_MANY_PARTITIONS:
         groups = _by_month(block)
         if len(groups) > 1:

@@ -78,6 +78,7 @@ def write(ch: Client, config: EventLogSettings, batch: Batch, *, timeout: float 
             f"{GENERATIONS + 1} times"
         )
     except InsertBudgetSpentError as exc:
+        rejected |= sender.rejected  # confirmed before the budget ran out
         error = ClickHouseError(f"{exc}: the rest waits for the next attempt")
     stored = stored_event_ids(ch, config, batch)
     done = stored | set(rejected)
