@@ -1,14 +1,15 @@
 """Sending rows, and isolating the ones ClickHouse refuses.
 
 An INSERT ClickHouse refuses writes nothing, so a refused INSERT is a cheap probe.
-When ClickHouse names the bad row (``at row N``), that row is set aside and the
-rest is sent again as one INSERT: a batch with k bad rows takes about 2k + 1
-inserts and leaves one part, not one part per good stretch. Without a row number
-the rows are bisected. Each row set aside is then sent alone: refused, it is
-rejected with ClickHouse's error; accepted, it was never bad. An INSERT too large
-for a proxy or for the server's memory is halved; one spanning more months than
-ClickHouse takes at once is split by month. A budget bounds the inserts of one
-attempt; what it leaves stays in the batch for the next attempt.
+When ClickHouse names the bad row (``at row N``), that row is sent alone, then the
+rest again as one INSERT: a batch with k bad rows takes about 2k + 1 inserts and
+leaves one part, not one part per good stretch. Without a row number the rows are
+bisected down to single rows. A row sent alone and refused is rejected with
+ClickHouse's error; accepted, it was never bad. An INSERT too large for a proxy or
+for the server's memory is halved; one spanning more months than ClickHouse takes
+at once is split by month. A budget bounds the inserts of one attempt; the rows it
+confirmed as refused are kept, what it leaves stays in the batch for the next
+attempt.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ from event_log.relay.verify import stored_event_ids
 
 logger = structlog.get_logger(__name__)
 
-# Token generations tried in one attempt for rows acknowledged but not stored.
-GENERATIONS = 3
+# Token generations tried in one attempt for rows acknowledged but not stored. Each
+# attempt starts again from the first, so the bound must exceed the generations that
+# crashes could have left in ClickHouse's log without their rows (one per crash).
+GENERATIONS = 16
 
 
 def write(ch: Client, config: EventLogSettings, batch: Batch, *, timeout: float | None) -> Delivery:
