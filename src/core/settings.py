@@ -112,7 +112,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", default
 # Abuse: POST /api/users is limited per client address ("<n>/<s|min|h|d>").
 API_USERS_CREATE_RATE = env.rate("API_USERS_CREATE_RATE", default="60/min")
 # How many proxies in front of the app append to X-Forwarded-For (0: use the peer address).
+# The one rule for the client address in rate limits, logs and the login audit trail
+# (core.client_address).
 NINJA_NUM_PROXIES = env.integer("NUM_PROXIES", default=0)
+# IPv6 clients are counted per network of this many bits (a subscriber holds a /64).
+RATE_LIMIT_IPV6_PREFIX = env.integer("RATE_LIMIT_IPV6_PREFIX", default=64, minimum=32)
 
 # Security: production-safe unless DEBUG is on.
 SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", default=not DEBUG)

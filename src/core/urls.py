@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from core import views as core_views
 from core.api import api
 from event_log import views as event_log_views
 
@@ -8,5 +9,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("health", event_log_views.health, name="health"),
-    path("metrics", event_log_views.metrics, name="metrics"),
+    path("metrics", core_views.metrics, name="metrics"),
 ]
