@@ -53,7 +53,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.RequestIdSanitizerMiddleware",
-    "django_structlog.middlewares.RequestMiddleware",
+    "core.middleware.RequestMiddleware",
     "core.middleware.RequestIdHeaderMiddleware",
 ]
 
@@ -168,8 +168,9 @@ DJANGO_STRUCTLOG_CELERY_TASK_SUCCESS_LOG_LEVEL = logging.DEBUG
 # Revoked covers the Beat ticks that expired while a long run kept the worker busy
 # (dropped by design: the next tick does the same work); the relay task never retries.
 DJANGO_STRUCTLOG_CELERY_TASK_RETRY_LOG_LEVEL = logging.DEBUG
-# An incoming X-Request-ID (from a proxy or the caller) becomes the request id.
-DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=True)
+# An incoming X-Request-ID becomes the request id only where the operator trusts the
+# proxy that sets it: off by default outside DEBUG, or a client picks its id in the logs.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=DEBUG)
 
 # ClickHouse: a server (http/https) or the embedded engine (chdb:).
 CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")
