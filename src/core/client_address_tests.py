@@ -55,7 +55,10 @@ def test_an_incoming_request_id_is_ignored_unless_upstream_is_trusted(client, se
 
 
 def test_upstream_request_ids_are_not_trusted_by_default_outside_debug():
-    code = "from django.conf import settings; print(settings.DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID)"
+    code = (
+        "from django.conf import settings; "
+        "print(settings.DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID)"
+    )
     result = run_manage("shell", "-c", code, env=PRODUCTION, timeout=60)
 
     assert result.returncode == 0, result.stderr
