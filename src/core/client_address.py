@@ -54,6 +54,13 @@ def client_address(request: HttpRequest) -> str:
     return normalise(forwarded[-min(num_proxies, len(forwarded))]) or peer
 
 
+def client_ip(request: HttpRequest) -> str | None:
+    """``client_address`` for records that store an IP address column (the admin login
+    records): ``None`` for a request that came from no socket (one built in code)."""
+    address = client_address(request)
+    return None if address == UNKNOWN else address
+
+
 def rate_limit_key(address: str) -> str:
     """What one client is counted as: an IPv4 address, or the IPv6 network of
     ``RATE_LIMIT_IPV6_PREFIX`` bits around it (one subscriber usually holds a whole
@@ -68,4 +75,4 @@ def rate_limit_key(address: str) -> str:
     return str(parsed)
 
 
-__all__ = ["UNKNOWN", "client_address", "normalise", "rate_limit_key"]
+__all__ = ["UNKNOWN", "client_address", "client_ip", "normalise", "rate_limit_key"]

@@ -16,7 +16,7 @@ import os
 import socket
 from typing import Any
 
-from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 READ_TIMEOUT = float(os.environ.get("GUNICORN_READ_TIMEOUT", "") or 10.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -35,6 +36,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_structlog",
+    # Admin login brute-force protection and the record of login attempts.
+    "axes",
     # Swagger UI's page and assets come from the installed django-ninja (its static
     # files), not from a CDN: /api/docs works offline and under a strict CSP.
     "ninja",
@@ -55,6 +58,8 @@ MIDDLEWARE = [
     "core.middleware.RequestIdSanitizerMiddleware",
     "core.middleware.RequestMiddleware",
     "core.middleware.RequestIdHeaderMiddleware",
+    # Last, as django-axes requires: it answers a locked-out login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -87,12 +92,42 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Only staff have passwords (sign-ups through the API have none): 12 characters at least.
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env.integer("PASSWORD_MIN_LENGTH", default=12, minimum=12)},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out client is refused before its password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# The admin, at a path of the operator's choosing (one segment or more, no leading slash).
+ADMIN_URL = (env.optional("ADMIN_URL", default="admin/").strip("/") or "admin") + "/"
+# Admin logins: a client address that fails ADMIN_LOGIN_FAILURE_LIMIT times in a row is
+# locked out for ADMIN_LOGIN_LOCKOUT_MINUTES (429). Every failure (AccessAttempt,
+# AccessFailureLog) and success (AccessLog) is recorded with the client address under the
+# trusted-proxy rule, and logged (admin_login_failed / admin_login_succeeded).
+AXES_FAILURE_LIMIT = env.integer("ADMIN_LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env.integer("ADMIN_LOGIN_LOCKOUT_MINUTES", default=15, minimum=1)
+)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "core.client_address.client_ip"
+# The admin's login form posts the e-mail as "username" (the form's field name).
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_VERBOSE = False
+# Staff sessions end after this many idle seconds (each request restarts the count).
+SESSION_COOKIE_AGE = env.integer("SESSION_IDLE_TIMEOUT", default=30 * 60, minimum=60)
+SESSION_SAVE_EVERY_REQUEST = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

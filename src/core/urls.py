@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
@@ -6,7 +7,7 @@ from core.api import api
 from event_log import views as event_log_views
 
 urlpatterns = [
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_URL, admin.site.urls),
     path("api/", api.urls),
     path("health", event_log_views.health, name="health"),
     path("metrics", core_views.metrics, name="metrics"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
@@ -20,7 +21,8 @@ def ensure_superuser(
 
     Returns True when it created one. An existing user is left as it is, so a set-up
     may run this at every start. Raises :class:`SuperuserError` for an invalid
-    e-mail or an empty password, before anything is written.
+    e-mail, or a password the validators refuse (``AUTH_PASSWORD_VALIDATORS``: at least
+    ``PASSWORD_MIN_LENGTH`` characters, not a common one), before anything is written.
     """
     email = User.objects.normalize_email(email.strip())
     try:
@@ -29,6 +31,11 @@ def ensure_superuser(
         raise SuperuserError(f"{email!r} is not a valid e-mail address") from None
     if not password:
         raise SuperuserError("the password is empty")
+    candidate = User(email=email, first_name=first_name.strip(), last_name=last_name.strip())
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as exc:
+        raise SuperuserError("the password is refused: " + " ".join(exc.messages)) from None
     with transaction.atomic():
         if User.objects.filter(email__iexact=email).exists():
             return False
