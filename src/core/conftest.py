@@ -13,7 +13,7 @@ import pytest
 
 from conftest import SRC, running, unused_port, wait_until
 
-GUNICORN_CONF = SRC.parent / "gunicorn.conf.py"
+GUNICORN_CONF = SRC.parent / "docker" / "gunicorn.conf.py"
 
 WebServer = Callable[..., AbstractContextManager[str]]
 
@@ -29,7 +29,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture
 def web_server(process_env: dict[str, str], tmp_path: Path) -> WebServer:
     """``with web_server(workers=1, threads=2, **env) as url:`` runs gunicorn with
-    the image's configuration (gunicorn.conf.py) on a free 127.0.0.1 port."""
+    the image's configuration (docker/gunicorn.conf.py) on a free 127.0.0.1 port."""
 
     @contextmanager
     def serve(*, workers: int = 2, threads: int = 8, **env: str) -> Iterator[str]:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from core.dsn import mask_url, userinfo_needs_encoding
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).resolve().parent / ".env"
 
@@ -73,7 +75,17 @@ def url(name: str, *, schemes: tuple[str, ...], default: str | None = None) -> s
     value = os.environ.get(name, "").strip() or default
     if not value:
         raise ImproperlyConfigured(f"{name} is not set (see src/core/.env.ci for an example)")
-    scheme = urlsplit(value).scheme
+    if userinfo_needs_encoding(value):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: {mask_url(value)} has '#', '/', '?', '[' or ']' in its user "
+            "or password; percent-encode them (# is %23, / is %2F, ? is %3F, [ is %5B, ] is %5D)"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is malformed: {mask_url(value)}: {exc}") from None
+    scheme = parts.scheme
     if scheme not in schemes:
         raise ImproperlyConfigured(
             f"{name} is malformed: scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}"

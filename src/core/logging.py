@@ -8,10 +8,11 @@ format: JSON lines in production, a readable console in development.
 from __future__ import annotations
 
 import logging.config
-import re
 from typing import Any
 
 import structlog
+
+from core.dsn import mask_secrets
 
 # Keys whose values never reach a log line (personal data and secrets).
 REDACTED_KEYS = frozenset(
@@ -20,17 +21,14 @@ REDACTED_KEYS = frozenset(
 REDACTED = "[redacted]"
 
 
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
-
-
 def redact_personal_data(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Personal data belongs in the audited event log, not in application logs;
     passwords inside URLs (DSNs in error messages) belong nowhere."""
     for key in REDACTED_KEYS.intersection(event_dict):
         event_dict[key] = REDACTED
     for key, value in event_dict.items():
-        if isinstance(value, str) and "@" in value:
-            event_dict[key] = _URL_PASSWORD.sub(r"\1***@", value)
+        if isinstance(value, str) and ("@" in value or "=" in value):
+            event_dict[key] = mask_secrets(value)
     return event_dict
 
 

@@ -11,6 +11,7 @@ from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from core import env
+from core.dsn import mask_secrets
 
 env.load_env_file()
 
@@ -85,7 +86,7 @@ DATABASE_URL = env.url("DATABASE_URL", schemes=("postgres", "postgresql", "pgsql
 try:
     DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
 except Exception as exc:  # django-environ raises several types for a bad URL
-    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
+    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {mask_secrets(str(exc))}") from None
 DATABASES["default"]["CONN_MAX_AGE"] = env.integer("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

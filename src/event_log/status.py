@@ -144,5 +144,9 @@ def clickhouse_status(url: str | None = None) -> dict[str, Any]:
             rows = result.result_rows[0][0]
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
-        return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
+        return {
+            "url": clickhouse.mask_url(url),
+            "reachable": False,
+            "error": clickhouse.mask_url(str(error))[:500],
+        }
     return {"url": clickhouse.mask_url(url), "reachable": True, "rows": int(rows)}

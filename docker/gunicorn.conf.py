@@ -1,5 +1,4 @@
-"""gunicorn settings of the image and of Compose (gunicorn reads ./gunicorn.conf.py
-from its working directory, /app, by itself; elsewhere pass ``-c gunicorn.conf.py``).
+"""gunicorn settings of the image and of Compose (``-c docker/gunicorn.conf.py``).
 
 Threaded workers whose client reads time out (core.gunicorn_worker): a connection
 that sends nothing waits in the worker's poller, not in a thread, and a client that
