@@ -6,6 +6,7 @@ names the variable, so start-up fails with a message an operator can act on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -135,6 +136,19 @@ def string_list(name: str, *, default: list[str]) -> list[str]:
     if not raw:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def networks(name: str, *, default: list[str]) -> list[str]:
+    """A comma-separated list of CIDR networks (``10.0.0.0/8,::1/128``); each is checked."""
+    values = string_list(name, default=default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} is malformed: {value!r} is not a network like 10.0.0.0/8"
+            ) from None
+    return values
 
 
 def choice(name: str, *, choices: tuple[str, ...], default: str) -> str:
