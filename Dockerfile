@@ -38,4 +38,6 @@ RUN mkdir -p var \
     && chown -R app:app var
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "core.wsgi:application", "--chdir", "src", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+# Threaded workers whose client reads time out (docker/gunicorn.conf.py): slow clients
+# cannot stall the service.
+CMD ["gunicorn", "-c", "docker/gunicorn.conf.py", "core.wsgi:application", "--chdir", "src"]

@@ -8,7 +8,7 @@ synchronous workers this replaces, one stalled socket per worker stopped the ser
 
 import os
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+bind = "0.0.0.0:8000"
 worker_class = "core.gunicorn_worker.SlowClientSafeWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
