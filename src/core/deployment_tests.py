@@ -114,3 +114,37 @@ def test_clickhouse_grants_are_least_privilege():
     }
     assert reader.findtext("readonly") in {"1", "2"}
     assert reader.find("constraints/readonly/const") is not None
+
+
+# Actions whose release commit has not been looked up yet: pinned by release tag until
+# Dependabot's github-actions update replaces the tag with the commit.
+NOT_YET_PINNED = {"astral-sh/setup-uv", "docker/build-push-action"}
+
+
+def test_workflow_actions_are_pinned_by_commit_with_the_release_in_a_comment():
+    uses = re.findall(
+        r"uses: ([\w./-]+)@(\S+)(.*)", (ROOT / ".github/workflows/ci.yml").read_text()
+    )
+
+    assert uses
+    for action, ref, comment in uses:
+        if action in NOT_YET_PINNED:
+            continue
+        assert re.fullmatch(r"[0-9a-f]{40}", ref), f"{action}@{ref} is not a commit"
+        assert re.fullmatch(r" # v\d+\.\d+\.\d+", comment), f"{action} names no release"
+
+
+def test_the_image_installs_uv_only_with_a_matching_hash():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    requirements = (ROOT / "docker" / "uv-requirements.txt").read_text()
+
+    assert "--require-hashes" in dockerfile and "-r uv-requirements.txt" in dockerfile
+    assert re.search(r"^uv==\d+\.\d+\.\d+ \\$", requirements, re.M)
+    assert len(re.findall(r"--hash=sha256:[0-9a-f]{64}", requirements)) >= 2
+
+
+def test_dependabot_updates_the_lock_the_actions_and_the_images():
+    config = YAML(typ="safe").load((ROOT / ".github" / "dependabot.yml").read_text())
+
+    ecosystems = {update["package-ecosystem"] for update in config["updates"]}
+    assert {"uv", "github-actions", "docker", "docker-compose"} <= ecosystems
