@@ -9,9 +9,10 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
 # Only the lock files first, so the dependency layer is rebuilt only when they change.
-COPY pyproject.toml uv.lock ./
+# uv is installed only if its wheel matches a recorded hash.
+COPY pyproject.toml uv.lock docker/uv-requirements.txt ./
 RUN --mount=type=cache,target=/root/.cache/uv \
-    pip install --no-cache-dir uv==0.13.9 \
+    pip install --no-cache-dir --require-hashes --only-binary=:all: -r uv-requirements.txt \
     && uv sync --locked --no-dev --no-install-project --python /usr/local/bin/python3.13
 
 # Runtime stage.
@@ -38,4 +39,6 @@ RUN mkdir -p var \
     && chown -R app:app var
 USER 10001:10001
 EXPOSE 8000
-CMD ["gunicorn", "core.wsgi:application", "--chdir", "src", "--bind", "0.0.0.0:8000", "--workers", "2", "--access-logfile", "-"]
+# Threaded workers whose client reads time out (docker/gunicorn.conf.py): slow clients
+# cannot stall the service.
+CMD ["gunicorn", "-c", "docker/gunicorn.conf.py", "core.wsgi:application", "--chdir", "src"]

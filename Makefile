@@ -58,6 +58,7 @@ lint: venv ## ruff, format check, mypy, Compose/Dockerfile/workflow checks
 	$(BIN)/mypy src
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 	$(BIN)/actionlint .github/workflows/*.yml
 	$(BIN)/hadolint Dockerfile
 	@if command -v promtool >/dev/null 2>&1; then promtool check rules $(PROMETHEUS_RULES); \

@@ -7,9 +7,11 @@ tests the URLs the service will use, not a separate set of variables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from django.conf import settings
+
+from core.dsn import mask_url
 
 DEFAULT_PORTS = {
     "postgres": 5432,
@@ -47,7 +49,4 @@ def _endpoint(variable: str, url: str) -> Endpoint:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
-        url = urlunsplit(parts._replace(netloc=netloc))
-    return Endpoint(variable=variable, host=host, port=port, url=url)
+    return Endpoint(variable=variable, host=host, port=port, url=mask_url(url))

@@ -6,6 +6,7 @@ names the variable, so start-up fails with a message an operator can act on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from core.dsn import mask_url, userinfo_needs_encoding
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_FILE = Path(__file__).resolve().parent / ".env"
@@ -73,7 +76,17 @@ def url(name: str, *, schemes: tuple[str, ...], default: str | None = None) -> s
     value = os.environ.get(name, "").strip() or default
     if not value:
         raise ImproperlyConfigured(f"{name} is not set (see src/core/.env.ci for an example)")
-    scheme = urlsplit(value).scheme
+    if userinfo_needs_encoding(value):
+        raise ImproperlyConfigured(
+            f"{name} is malformed: {mask_url(value)} has '#', '/', '?', '[' or ']' in its user "
+            "or password; percent-encode them (# is %23, / is %2F, ? is %3F, [ is %5B, ] is %5D)"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is malformed: {mask_url(value)}: {exc}") from None
+    scheme = parts.scheme
     if scheme not in schemes:
         raise ImproperlyConfigured(
             f"{name} is malformed: scheme {scheme or '(none)'!r} is not one of {', '.join(schemes)}"
@@ -123,6 +136,19 @@ def string_list(name: str, *, default: list[str]) -> list[str]:
     if not raw:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def networks(name: str, *, default: list[str]) -> list[str]:
+    """A comma-separated list of CIDR networks (``10.0.0.0/8,::1/128``); each is checked."""
+    values = string_list(name, default=default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} is malformed: {value!r} is not a network like 10.0.0.0/8"
+            ) from None
+    return values
 
 
 def choice(name: str, *, choices: tuple[str, ...], default: str) -> str:

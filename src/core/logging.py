@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from core.dsn import mask_secrets
 from core.redaction import REDACTED, REDACTED_KEYS, redact
 
 __all__ = ["REDACTED", "REDACTED_KEYS", "configure_logging", "redact_personal_data"]
@@ -19,12 +20,19 @@ __all__ = ["REDACTED", "REDACTED_KEYS", "configure_logging", "redact_personal_da
 
 def redact_personal_data(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Redact the whole record (see :mod:`core.redaction`): nested values, positional
-    arguments, exception text and tracebacks, e-mail addresses in free text.
+    arguments, exception text and tracebacks, e-mail addresses in free text; and mask
+    passwords in URLs, whatever characters they hold (:func:`core.dsn.mask_secrets`).
 
     It runs last before rendering, after the message is formatted with its arguments
     and the exception is turned into text, so what it sees is what is written.
     """
-    return {key: redact(value, key=key) for key, value in event_dict.items()}
+    return {key: _masked(redact(value, key=key)) for key, value in event_dict.items()}
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str) and ("@" in value or "=" in value):
+        return mask_secrets(value)
+    return value
 
 
 def _shared_processors() -> list[Any]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from core import env
+from core.dsn import mask_secrets
 
 env.load_env_file()
 
@@ -37,6 +40,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_structlog",
+    # Admin login brute-force protection and the record of login attempts.
+    "axes",
     # Swagger UI's page and assets come from the installed django-ninja (its static
     # files), not from a CDN: /api/docs works offline and under a strict CSP.
     "ninja",
@@ -46,6 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -54,8 +60,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.RequestIdSanitizerMiddleware",
-    "django_structlog.middlewares.RequestMiddleware",
+    "core.middleware.RequestMiddleware",
     "core.middleware.RequestIdHeaderMiddleware",
+    # Last, as django-axes requires: it answers a locked-out login.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -84,19 +92,49 @@ DATABASE_URL = env.url("DATABASE_URL", schemes=("postgres", "postgresql", "pgsql
 try:
     DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
 except Exception as exc:  # django-environ raises several types for a bad URL
-    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {exc}") from None
+    raise ImproperlyConfigured(f"DATABASE_URL is malformed: {mask_secrets(str(exc))}") from None
 DATABASES["default"]["CONN_MAX_AGE"] = env.integer("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Only staff have passwords (sign-ups through the API have none): 12 characters at least.
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": env.integer("PASSWORD_MIN_LENGTH", default=12, minimum=12)},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out client is refused before its password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# The admin, at a path of the operator's choosing (one segment or more, no leading slash).
+ADMIN_URL = (env.optional("ADMIN_URL", default="admin/").strip("/") or "admin") + "/"
+# Admin logins: a client address that fails ADMIN_LOGIN_FAILURE_LIMIT times in a row is
+# locked out for ADMIN_LOGIN_LOCKOUT_MINUTES (429). Every failure (AccessAttempt,
+# AccessFailureLog) and success (AccessLog) is recorded with the client address under the
+# trusted-proxy rule, and logged (admin_login_failed / admin_login_succeeded).
+AXES_FAILURE_LIMIT = env.integer("ADMIN_LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(
+    minutes=env.integer("ADMIN_LOGIN_LOCKOUT_MINUTES", default=15, minimum=1)
+)
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "core.client_address.client_ip"
+# The admin's login form posts the e-mail as "username" (the form's field name).
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_VERBOSE = False
+# Staff sessions end after this many idle seconds (each request restarts the count).
+SESSION_COOKIE_AGE = env.integer("SESSION_IDLE_TIMEOUT", default=30 * 60, minimum=60)
+SESSION_SAVE_EVERY_REQUEST = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -116,7 +154,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.integer("DATA_UPLOAD_MAX_MEMORY_SIZE", default
 # Abuse: POST /api/users is limited per client address ("<n>/<s|min|h|d>").
 API_USERS_CREATE_RATE = env.rate("API_USERS_CREATE_RATE", default="60/min")
 # How many proxies in front of the app append to X-Forwarded-For (0: use the peer address).
+# The one rule for the client address in rate limits, logs and the login audit trail
+# (core.client_address).
 NINJA_NUM_PROXIES = env.integer("NUM_PROXIES", default=0)
+# IPv6 clients are counted per network of this many bits (a subscriber holds a /64).
+RATE_LIMIT_IPV6_PREFIX = env.integer("RATE_LIMIT_IPV6_PREFIX", default=64, minimum=32)
 
 # Security: production-safe unless DEBUG is on.
 SECURE_SSL_REDIRECT = env.boolean("SECURE_SSL_REDIRECT", default=not DEBUG)
@@ -129,6 +171,32 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
 SECURE_HSTS_PRELOAD = env.boolean("SECURE_HSTS_PRELOAD", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy on every response: only this origin's scripts, styles and
+# fonts, no inline script, no plugins, no framing. The admin and the Swagger UI page
+# (served from the installed django-ninja) need nothing more; Swagger draws its icons
+# as data: images.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+# The interactive API docs (/api/docs, /api/openapi.json): off in production unless enabled.
+API_DOCS_ENABLED = env.boolean("API_DOCS_ENABLED", default=DEBUG)
+# /metrics when DEBUG is off: a scraper presenting "Authorization: Bearer METRICS_TOKEN",
+# or one whose client address is in METRICS_ALLOWED_NETWORKS (CIDR list).
+METRICS_TOKEN = env.optional("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env.networks(
+    "METRICS_ALLOWED_NETWORKS", default=["127.0.0.0/8", "::1/128"]
+)
 if env.boolean("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -168,8 +236,9 @@ DJANGO_STRUCTLOG_CELERY_TASK_SUCCESS_LOG_LEVEL = logging.DEBUG
 # Revoked covers the Beat ticks that expired while a long run kept the worker busy
 # (dropped by design: the next tick does the same work); the relay task never retries.
 DJANGO_STRUCTLOG_CELERY_TASK_RETRY_LOG_LEVEL = logging.DEBUG
-# An incoming X-Request-ID (from a proxy or the caller) becomes the request id.
-DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=True)
+# An incoming X-Request-ID becomes the request id only where the operator trusts the
+# proxy that sets it: off by default outside DEBUG, or a client picks its id in the logs.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST_ID", default=DEBUG)
 
 # ClickHouse: a server (http/https) or the embedded engine (chdb:).
 CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")

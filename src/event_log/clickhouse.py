@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -147,12 +147,12 @@ class ClickHouseError(Exception):
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced, safe to log and print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL with its password (and any ``password=`` query parameter) replaced, safe
+    to log and print, whatever characters the password holds; never raises
+    (``core.dsn``, shared with the logs and the settings' error messages)."""
+    from core.dsn import mask_url as mask  # noqa: PLC0415 (kept within this function)
+
+    return mask(url)
 
 
 def clickhouse_url() -> str:

@@ -118,13 +118,16 @@ class VerifyCollector(Collector):
         )
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
+def render_metrics(extra: tuple[Collector, ...] = ()) -> tuple[bytes, str]:
+    """The exposition text and its content type; ``extra`` adds this process's
+    collectors of other apps (ignored in multiprocess mode, which reads them all)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = _with_default(registry)
+        for collector in extra:
+            registry.register(collector)
     registry.register(OutboxCollector())
     registry.register(VerifyCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST

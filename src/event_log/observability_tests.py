@@ -50,6 +50,8 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
         "LOG_FORMAT": "json",
         "EVENT_LOG_KICK": "true",
         "DEBUG": "false",
+        # The id comes from the caller here, as from a trusted proxy (off by default).
+        "TRUST_UPSTREAM_REQUEST_ID": "true",
         "EVENT_LOG_RELAY_INTERVAL": "600",
         "SECURE_SSL_REDIRECT": "false",
         "LOG_LEVEL": "DEBUG",

@@ -167,7 +167,11 @@ def clickhouse_status(url: str | None = None, *, timeout: float | None = None) -
         ttl = ttl_of(engine.rows[0][0]) if engine.rows else None
     except Exception as exc:
         error = clickhouse.ClickHouseError.from_exception(exc)
-        return {"url": clickhouse.mask_url(url), "reachable": False, "error": str(error)[:500]}
+        return {
+            "url": clickhouse.mask_url(url),
+            "reachable": False,
+            "error": clickhouse.mask_url(str(error))[:500],
+        }
     return {
         "url": clickhouse.mask_url(url),
         "reachable": True,

@@ -1,12 +1,12 @@
-"""HTTP endpoints for operators: /health and /metrics (thin: the work is in status/metrics)."""
+"""HTTP endpoint for operators: /health (thin: the work is in status). /metrics is
+core.views.metrics, which adds the API's own metrics to the event log's."""
 
 from __future__ import annotations
 
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from event_log.metrics import render_metrics
 from event_log.status import outbox_status
 
 
@@ -32,12 +32,3 @@ def health(request: HttpRequest) -> JsonResponse:
             "relays_paused": status.relays_paused,
         }
     )
-
-
-@require_GET
-def metrics(request: HttpRequest) -> HttpResponse:
-    try:
-        body, content_type = render_metrics()
-    except DatabaseError:
-        return HttpResponse("database unreachable\n", status=503, content_type="text/plain")
-    return HttpResponse(body, content_type=content_type)

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import structlog
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
-from ninja.throttling import AnonRateThrottle
 from pydantic import BaseModel, Field
 
 from core.json_body import require_json_body
+from core.rate_limit import FixedWindowThrottle
 from users.use_cases import CreateUser, CreateUserRequest
 from users.use_cases.create_user import CreatedUser
 
-logger = structlog.get_logger(__name__)
 router = Router(tags=["users"])
 
 
-class CreateUserThrottle(AnonRateThrottle):
-    """Per client address; the rate is read from settings at each request."""
-
-    scope = "users_create"
-
-    def __init__(self) -> None:
-        super().__init__(rate=settings.API_USERS_CREATE_RATE)
-
-    def allow_request(self, request: HttpRequest) -> bool:
-        self.rate = settings.API_USERS_CREATE_RATE
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        try:
-            return super().allow_request(request)
-        except Exception as exc:  # the cache is down: serve rather than refuse everyone
-            logger.warning("rate_limit_unavailable", error=str(exc))
-            return True
+def create_user_rate() -> str:
+    """Read at each request, so a settings change applies without a restart."""
+    return str(settings.API_USERS_CREATE_RATE)
 
 
 class ErrorOut(BaseModel):
@@ -71,7 +56,7 @@ CREATE_USER_RESPONSES: dict[int, type[BaseModel]] = {
     "",
     response=CREATE_USER_RESPONSES,
     url_name="users-create",
-    throttle=[CreateUserThrottle()],
+    throttle=[FixedWindowThrottle(scope="users_create", rate=create_user_rate)],
 )
 @decorate_view(require_json_body)
 def create_user(request: HttpRequest, payload: CreateUserRequest) -> Status[object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import transaction
@@ -24,8 +25,9 @@ def ensure_superuser(
     Returns True when it created one, and then publishes its ``UserCreated`` in the
     same transaction. An existing user is left as it is, so a set-up
     may run this at every start. Raises :class:`SuperuserError` for an invalid
-    e-mail, an empty password or a name with control characters, before anything
-    is written.
+    e-mail, an empty password, a password the validators refuse
+    (``AUTH_PASSWORD_VALIDATORS``: at least ``PASSWORD_MIN_LENGTH`` characters, not a
+    common one) or a name with control characters, before anything is written.
     """
     email = User.objects.normalize_email(email.strip())
     try:
@@ -40,6 +42,11 @@ def ensure_superuser(
             refuse_control_characters(value)
         except ValueError as exc:
             raise SuperuserError(f"{field} {exc}") from None
+    candidate = User(email=email, first_name=first_name.strip(), last_name=last_name.strip())
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as exc:
+        raise SuperuserError("the password is refused: " + " ".join(exc.messages)) from None
     with transaction.atomic():
         if User.objects.filter(email__iexact=email).exists():
             return False
