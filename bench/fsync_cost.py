@@ -18,14 +18,6 @@ from typing import Any
 
 from harness import ClickHouseProbe, percentile
 
-COLUMNS = [
-    "event_id",
-    "event_type",
-    "event_date_time",
-    "environment",
-    "event_context",
-    "metadata_version",
-]
 TABLES = {"on": "bench_fsync_on", "off": "bench_fsync_off"}
 
 
@@ -41,6 +33,7 @@ def _block(rows: int, start: datetime) -> tuple[bytes, list[uuid.UUID]]:
 
 
 def run(probe: ClickHouseProbe, *, batches: int, rows: int) -> dict[str, Any]:
+    from event_log import sql  # noqa: PLC0415 (Django is set up by the harness first)
     from event_log.schema import ddl  # noqa: PLC0415
 
     with probe.opened():
@@ -63,7 +56,7 @@ def run(probe: ClickHouseProbe, *, batches: int, rows: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 ch.raw_insert(
                     f"`{database}`.`{TABLES[name]}`",
-                    COLUMNS,
+                    list(sql.CLICKHOUSE_COLUMNS),
                     insert_block=block,
                     fmt="TabSeparated",
                     settings={"insert_deduplication_token": str(uuid.uuid4()), "async_insert": 0},

@@ -25,7 +25,7 @@ from conftest import (
     relay_process,
     wait_until,
 )
-from event_log import clickhouse
+from event_log import clickhouse, sql
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
@@ -219,14 +219,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
         ):
             ch.raw_insert(
                 TABLE,
-                [
-                    "event_id",
-                    "event_type",
-                    "event_date_time",
-                    "environment",
-                    "event_context",
-                    "metadata_version",
-                ],
+                list(sql.CLICKHOUSE_COLUMNS),
                 insert_block=data,
                 fmt="TabSeparated",
                 compression=codec,
