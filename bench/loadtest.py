@@ -492,6 +492,17 @@ def run(
                         break
                     best = rate
                     rate *= config.growth
+                if ramp and not ramp[-1]["sustained"] and best > 0:
+                    # One step between the last rate held and the first not held.
+                    _, stats = measure((best * rate) ** 0.5, config.step_seconds, sampler)
+                    ramp.append(stats)
+                    progress(
+                        f"   ramp {stats['rate']:,.0f} req/s: p99 {stats['p99_ms']:.0f} ms"
+                        f" -> {'held' if stats['sustained'] else 'not held'}"
+                    )
+                    settle()
+                    if stats["sustained"]:
+                        best = stats["rate"]
                 results["ramp"] = ramp
                 results["sustained_rate"] = best
                 if best == 0:
@@ -569,12 +580,13 @@ def _outage(
     faulter.join()
     all_user_ids.extend(s.user_id for s in load.samples if s.user_id is not None)
     pre_depth = max((d for _, d in sampler.depths_between(load.started, marks["down"])), default=0)
-    drained = _wait_until(
-        lambda: sampler.depths[-1][1] <= pre_depth and sampler.depths[-1][0] > marks["up"],
-        timeout=300,
-        what="backlog drained",
-    )
     empty = _wait_until(_outbox_empty, timeout=300, what="outbox empty")
+    time.sleep(1.1)  # one more depth sample after the outbox emptied
+    # Drained: the first depth sample after the restart back at the pre-outage level.
+    drained = next(
+        (t - marks["up"] for t, d in sampler.depths if t > marks["up"] and d <= pre_depth),
+        float("nan"),
+    )
 
     def window(lo: float, hi: float) -> dict[str, Any]:
         inside = [s for s in load.samples if lo <= s.due < hi]
@@ -591,6 +603,11 @@ def _outage(
         "after": window(marks["up"], end),
         "drain_seconds": drained,
         "empty_after_load_seconds": empty,
+        "pre_outage_depth_max": pre_depth,
+        "depths": [
+            (round(t - load.started, 1), d)
+            for t, d in sampler.depths_between(load.started, time.time())
+        ],
         "backlog_at_restart": max(
             (d for _, d in sampler.depths_between(marks["up"] - 1.5, marks["up"] + 0.5)), default=0
         ),

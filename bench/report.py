@@ -517,8 +517,10 @@ def load_lines(load: dict[str, Any]) -> list[str]:
                 ],
                 {1, 2, 3, 4, 5},
             ),
-            f"backlog at restart {outage['backlog_at_restart']:,} events, back to the "
-            f"pre-outage depth {outage['drain_seconds']:.1f} s after the worker restarted",
+            f"backlog at restart {outage['backlog_at_restart']:,} events; back to the "
+            f"pre-outage depth ({outage.get('pre_outage_depth_max', 0):,}) "
+            f"{outage['drain_seconds']:.1f} s after the worker was started again "
+            "(its start included)",
         ]
     if "exactly_once" in load:
         out.append(f"exactly once over the whole run: {load['exactly_once']['detail']}")
