@@ -21,7 +21,7 @@ PROMETHEUS_RULES := docker/prometheus/rules/event_log.yml docker/prometheus/rule
 AUDIT_FLAGS ?=
 
 .PHONY: help venv tools services test test-faults lint fmt audit run install shell migrations migrate \
-	superuser clickhouse-migrate relay status bench docs-check clean
+	superuser clickhouse-migrate relay status bench loadtest docs-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ status: venv ## event log status as JSON
 
 bench: venv services ## benchmarks (not part of make test); results in bench/results/
 	$(BIN)/python bench/run.py
+
+loadtest: venv services ## the deployed service under HTTP load and a ClickHouse outage (bench section 7)
+	$(BIN)/python bench/run.py --only load --database die_hard_loadtest
 
 docs-check: venv ## the README's make targets, variables and commands are real
 	$(BIN)/pytest -q -p no:cacheprovider src/core/docs_tests.py

@@ -8,7 +8,9 @@
    with Beat alone, through a real Celery worker;
 4. insert economy — ClickHouse INSERTs per 10,000 events under load and idle;
 5. memory — RSS of one relay process draining a large backlog;
-6. fsync — the same INSERTs into a table with fsync on insert and one without.
+6. fsync — the same INSERTs into a table with fsync on insert and one without;
+7. load — the deployed service under HTTP load and a ClickHouse outage
+   (``make loadtest``, ``loadtest``).
 
 The run uses databases of its own (see ``harness``), prints a table and writes
 the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
@@ -33,12 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fsync_cost
 import harness
 import latency
+import loadtest
 import memory
 import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory", "fsync")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,15 @@ def main() -> int:
             )
             results["fsync"] = _timed(
                 lambda: fsync_cost.run(probe, batches=sizes.fsync_batches, rows=sizes.fsync_rows)
+            )
+        if "load" in only:
+            config = loadtest.Config.from_env()
+            say(
+                f"7. load held: gunicorn, Celery worker and Beat as deployed; "
+                f"{config.step_seconds:g} s ramp steps"
+            )
+            results["load"] = _timed(
+                lambda: loadtest.run(bench, probe, workdir, config=config, progress=say)
             )
     finally:
         from django.db import connections  # noqa: PLC0415
