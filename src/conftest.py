@@ -5,6 +5,7 @@ server when CLICKHOUSE_URL points at one) and helpers to run relay processes.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -120,6 +121,10 @@ def _no_kicks_by_default(settings: Any) -> None:
 @pytest.fixture
 def process_env(clickhouse_url: str) -> dict[str, str]:
     """Environment for child processes (relays, workers) that share the test's databases."""
+    # A client an earlier test left in a reference cycle (an exception raised through a
+    # relay keeps its frames) would hold the embedded engine until the collector runs:
+    # collect now, so the children can open it.
+    gc.collect()
     db = settings.DATABASES["default"]
     env = dict(os.environ)
     env.update(

@@ -104,10 +104,18 @@ class Relay:
     def run(
         self, *, time_budget: float | None = None, max_batches: int | None = None
     ) -> RelayReport:
-        """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``."""
+        """Deliver batches until the outbox is empty, the budget is spent or ``max_batches``.
+
+        Failures of a batch never escape (see ``_deliver``); anything that does (a
+        checkpoint's own exception, an interrupt) closes the ClickHouse client first,
+        so the embedded engine is not held by a relay nobody runs any more.
+        """
         with trace("event_log.relay", "relay run") as span:
             try:
                 report = self._run(time_budget=time_budget, max_batches=max_batches)
+            except BaseException:
+                self._drop_client()
+                raise
             finally:
                 self._release_engine_memory(force=True)
             span.set_data("batches", report.batches)
