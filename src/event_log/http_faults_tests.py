@@ -20,6 +20,7 @@ from django.db import connection
 from conftest import (
     assert_exactly_once,
     fast_config,
+    insert_poison_row,
     kill_relays_at_random,
     publish_pings,
     relay_process,
@@ -162,13 +163,7 @@ def test_relay_over_http_does_not_duplicate_late_inserts_that_land_after_every_r
 
 def test_relay_over_http_dead_letters_a_poison_row_refused_with_a_400(clickhouse_http):
     published = publish_pings(200)
-    poison = uuid.uuid4()
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
-            " event_context, metadata_version) VALUES (%s, 'ping', now(), 'test', %s, 1)",
-            [poison, '{"n": 1, oops'],
-        )
+    poison = insert_poison_row()
     published += publish_pings(200)
 
     report = relay_over(clickhouse_http, BATCH_SIZE=1_000)

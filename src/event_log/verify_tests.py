@@ -11,11 +11,16 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from conftest import assert_exactly_once, fast_config, kill_relays_at_random, publish_pings
+from conftest import (
+    assert_exactly_once,
+    fast_config,
+    insert_poison_row,
+    kill_relays_at_random,
+    publish_pings,
+)
 from event_log.models import DeadLetter, Delivery, Verification
 from event_log.relay import Relay, run_relay
 from event_log.relay.fence import LeaseLostError
@@ -50,13 +55,7 @@ def delete_from_clickhouse(ch, event_id: uuid.UUID) -> None:
 
 def test_each_delivered_batch_records_its_event_ids_and_dead_letters_are_not_recorded(ch):
     published = publish_pings(1_200)
-    poison = uuid.uuid4()
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
-            " event_context, metadata_version) VALUES (%s, 'ping', now(), 'test', %s, 1)",
-            [poison, '{"n": 1, oops'],
-        )
+    poison = insert_poison_row()
 
     report = run_relay(relay=Relay(config=fast_config(BATCH_SIZE=500)))
 
