@@ -16,6 +16,8 @@ SETTINGS_FILE := $(if $(ENV_FILE),,src/core/.env)
 MANAGE := $(BIN)/python src/manage.py
 MODE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo native)
 PYTEST_ARGS ?=
+# Arguments for bench/run.py, e.g. BENCH_ARGS="--only throughput --batch-sizes 1000,5000".
+BENCH_ARGS ?=
 PROMETHEUS_RULES := docker/prometheus/rules/event_log.yml docker/prometheus/rules/verify.yml
 # --strict makes a dependency that cannot be audited an error (CI on GitHub sets it).
 AUDIT_FLAGS ?=
@@ -112,7 +114,7 @@ status: venv ## event log status as JSON
 	$(MANAGE) event_log_status --json
 
 bench: venv services ## benchmarks (not part of make test); results in bench/results/
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 loadtest: venv services ## the deployed service under HTTP load and a ClickHouse outage (bench section 7)
 	$(BIN)/python bench/run.py --only load --database die_hard_loadtest

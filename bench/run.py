@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,8 @@ FULL = Sizes(
     publish_rounds=2_000,
     publish_warmup=100,
     backlog=100_000,
-    batch_sizes=(100, 1_000, 10_000),
-    repeats={100: 1, 1_000: 3, 10_000: 3},
+    batch_sizes=(100, 1_000, 5_000, 10_000),
+    repeats={100: 1, 1_000: 5, 5_000: 5, 10_000: 3},
     rate=500,
     seconds=10,
     beat_interval=1.0,
@@ -82,8 +82,8 @@ QUICK = Sizes(
     publish_rounds=200,
     publish_warmup=20,
     backlog=10_000,
-    batch_sizes=(100, 1_000, 10_000),
-    repeats={100: 1, 1_000: 1, 10_000: 1},
+    batch_sizes=(100, 1_000, 5_000, 10_000),
+    repeats={100: 1, 1_000: 1, 5_000: 1, 10_000: 1},
     rate=500,
     seconds=3,
     beat_interval=1.0,
@@ -110,12 +110,36 @@ def main() -> int:
         "--database", default="die_hard_bench", help="PostgreSQL database to (re)create"
     )
     parser.add_argument(
+        "--batch-sizes",
+        help="throughput: comma-separated batch sizes (default: those of the mode)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="throughput: interleaved rounds per batch size (default: those of the mode)",
+    )
+    parser.add_argument(
+        "--backlog", type=int, help="throughput: events per drain (default: that of the mode)"
+    )
+    parser.add_argument(
         "--keep-data",
         action="store_true",
         help="keep this run's folder under bench/results/ (logs, embedded ClickHouse data)",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.batch_sizes or args.rounds or args.backlog:
+        batch_sizes = (
+            tuple(int(b) for b in args.batch_sizes.split(","))
+            if args.batch_sizes
+            else sizes.batch_sizes
+        )
+        sizes = replace(
+            sizes,
+            batch_sizes=batch_sizes,
+            repeats={b: args.rounds or sizes.repeats.get(b, 1) for b in batch_sizes},
+            backlog=args.backlog or sizes.backlog,
+        )
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:

@@ -3,9 +3,11 @@
 For each batch size, a backlog of ``UserCreated`` events (copies of events
 published through ``publish()``, each with a fresh event id) is drained by, in turn:
 
-- the hand-written baseline: one ``DELETE ... RETURNING`` and one
-  clickhouse-connect ``client.insert(rows)`` per batch, in one PostgreSQL
-  transaction — no batch ids, no lease, no deduplication token, no retries;
+- the hand-written relay, the tightest one without guarantees: per batch, one
+  ``COPY (DELETE ... RETURNING <the relay's COPY columns>) TO STDOUT`` and one
+  TabSeparated INSERT of those bytes (the driver's ``raw_insert``, ``async_insert=0``);
+  the DELETE commits with its COPY (autocommit, one round trip) — no batch ids, no
+  lease, no deduplication token, no retries, no Python object per row;
 - the real relay, ``event_log.relay.Relay(config=...).run()``;
 
 each with 1 and with 2 workers (threads of this process; each opens its own
@@ -13,10 +15,15 @@ PostgreSQL connection and ClickHouse client before the clock starts and closes
 them at the end). After every run of the real relay, the set of published
 event ids is compared with the set in ClickHouse, and the counts too.
 
-Each combination runs several rounds, interleaved with the others so that a
-slow moment of the machine does not fall on one of them only; the median
-counts. Inserts are counted per run: relay batches (``RelayReport.batches``) for the
-relay, loop iterations for the baseline — each is one ClickHouse INSERT.
+Each combination runs several rounds, interleaved with the others (which of the
+two goes first alternates from round to round) so that a slow moment of the
+machine does not fall on one of them only; the median counts. Inserts are
+counted per run: relay batches (``RelayReport.batches``) for the relay, loop
+iterations for the hand-written relay — each is one ClickHouse INSERT.
+
+Where a batch's time goes: the relay's steps report their durations to
+``event_log.relay.tracing.step_observers`` (the same steps are Sentry spans), and
+the hand-written relay times its COPY, INSERT and COMMIT; both per batch, per run.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from statistics import median
@@ -38,12 +46,31 @@ from harness import (
     settle_postgres,
 )
 
-BASELINE_DELETE = """
-DELETE FROM event_log_outbox WHERE id IN (
-    SELECT id FROM event_log_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
-)
-RETURNING event_id, event_type, event_date_time, environment, event_context, metadata_version
+HAND_WRITTEN_COPY = """
+COPY (
+    DELETE FROM event_log_outbox WHERE id IN (
+        SELECT id FROM event_log_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED
+    )
+    RETURNING {columns}
+) TO STDOUT
 """
+
+# The relay's steps (event_log.relay.tracing.step names), innermost first: each one's
+# own time is its duration minus the steps nested in it.
+RELAY_STEPS = {
+    "seal batch": ("copy rows",),  # the claim: take over or seal, then copy
+    "copy rows": (),
+    "insert batch": ("renew lease",),
+    "renew lease": (),
+    "delete batch": (),
+}
+STEP_LABELS = {
+    "seal batch": "seal",
+    "copy rows": "copy",
+    "renew lease": "lease renewal",
+    "insert batch": "insert",
+    "delete batch": "finish",
+}
 
 
 class Drainer(Protocol):
@@ -52,13 +79,30 @@ class Drainer(Protocol):
     def close(self) -> None: ...
 
 
-class BaselineRelay:
-    """The minimal relay a hurried engineer would write. At-least-once at best."""
+class StepClock:
+    """Seconds spent in each named step, summed per thread (observers run in any thread)."""
 
-    def __init__(self, bench: BenchEnv, table: str, batch_size: int) -> None:
+    def __init__(self) -> None:
+        self._totals: dict[tuple[int, str], float] = defaultdict(float)
+
+    def __call__(self, step: str, seconds: float) -> None:
+        self._totals[(threading.get_ident(), step)] += seconds
+
+    def totals(self) -> dict[str, float]:
+        summed: dict[str, float] = defaultdict(float)
+        for (_, step), seconds in self._totals.items():
+            summed[step] += seconds
+        return dict(summed)
+
+
+class HandWrittenRelay:
+    """The tightest relay without guarantees: one COPY of a DELETE and one INSERT per batch."""
+
+    def __init__(self, bench: BenchEnv, table: str, batch_size: int, clock: StepClock) -> None:
         self.bench = bench
         self.table = table
         self.batch_size = batch_size
+        self.clock = clock
         self.pg: Any = None
         self.ch: Any = None
 
@@ -67,23 +111,33 @@ class BaselineRelay:
 
         from event_log import clickhouse  # noqa: PLC0415
 
-        self.pg = psycopg.connect(self.bench.database_url)
+        self.pg = psycopg.connect(self.bench.database_url, autocommit=True)
         self.ch = clickhouse.connect(self.bench.clickhouse_url)
 
     def drain(self) -> tuple[int, int]:
         from event_log import sql  # noqa: PLC0415
 
         columns = list(sql.CLICKHOUSE_COLUMNS)
+        statement = HAND_WRITTEN_COPY.format(limit=self.batch_size, columns=sql.COPY_COLUMNS)
+        settings = {"async_insert": 0}
         inserts = events = 0
+        clock = self.clock
         while True:
-            with self.pg.transaction(), self.pg.cursor() as cur:
-                cur.execute(BASELINE_DELETE, [self.batch_size])
-                rows = cur.fetchall()
-                if not rows:
-                    return inserts, events
-                self.ch.insert(self.table, rows, column_names=columns, settings={"async_insert": 0})
+            started = time.perf_counter()
+            # Autocommit: the DELETE commits with its COPY, one round trip, before the
+            # INSERT (a crash in between loses the batch: no guarantees).
+            with self.pg.cursor() as cur, cur.copy(statement) as copy:
+                block = b"".join(copy)
+            copied = time.perf_counter()
+            clock("copy + delete", copied - started)
+            if not block:
+                return inserts, events
+            self.ch.raw_insert(
+                self.table, columns, insert_block=block, fmt="TabSeparated", settings=settings
+            )
+            clock("insert", time.perf_counter() - copied)
             inserts += 1
-            events += len(rows)
+            events += block.count(b"\n")
 
     def close(self) -> None:
         if self.pg is not None:
@@ -120,6 +174,38 @@ class RealRelay:
 
     def close(self) -> None:
         self.relay.close()
+
+
+@contextlib.contextmanager
+def observing_steps(clock: StepClock) -> Any:
+    """Let the relay's steps report to ``clock`` while the block runs."""
+    from event_log.relay import tracing  # noqa: PLC0415
+
+    tracing.step_observers.append(clock)
+    try:
+        yield
+    finally:
+        tracing.step_observers.remove(clock)
+
+
+def step_breakdown(kind: str, totals: dict[str, float], *, batches: int, busy: float) -> dict:
+    """Milliseconds per batch in each step (own time, nested steps taken out), and the rest.
+
+    ``busy`` is the drainers' time together (wall time times workers): the rest is what no
+    step covers (the pause check, the loop, logging).
+    """
+    if not batches:
+        return {}
+    if kind == "relay":
+        own = {
+            STEP_LABELS[name]: totals.get(name, 0.0)
+            - sum(totals.get(inner, 0.0) for inner in nested)
+            for name, nested in RELAY_STEPS.items()
+        }
+    else:
+        own = dict(totals)
+    own["other"] = max(0.0, busy - sum(own.values()))
+    return {name: seconds / batches * 1000 for name, seconds in own.items()}
 
 
 def _drain_with(make: Callable[[], Drainer], workers: int) -> tuple[float, int, int]:
@@ -159,6 +245,9 @@ def _drain_with(make: Callable[[], Drainer], workers: int) -> tuple[float, int, 
     return elapsed, sum(r[0] for r in results), sum(r[1] for r in results)
 
 
+KINDS = ("hand_written", "relay")
+
+
 def run(
     bench: BenchEnv,
     probe: ClickHouseProbe,
@@ -177,49 +266,65 @@ def run(
             if round_ >= repeats.get(batch, 1):
                 continue
             for workers in worker_counts:
-                for kind in ("baseline", "relay"):
+                # Alternate which goes first, so neither always follows the other's run.
+                for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
                     result = _one_run(
                         bench, probe, kind, batch=batch, workers=workers, backlog=backlog
                     )
                     result["round"] = round_ + 1
                     runs.append(result)
+                    steps = "  ".join(f"{k} {v:.1f}" for k, v in result["steps_ms"].items())
                     progress(
-                        f"  {kind:8} batch {batch:>6,} x{workers} (round {round_ + 1}):"
+                        f"  {kind:12} batch {batch:>6,} x{workers} (round {round_ + 1}):"
                         f" {result['events_per_s']:>9,.0f} ev/s  {result['inserts']:>5} inserts"
                         f"  {'OK' if result['exactly_once'] else 'FAIL'} ({result['check']})"
+                        f"\n      ms per batch: {steps}"
                     )
     probe.truncate()
-    comparisons = []
-    for batch in batch_sizes:
-        for workers in worker_counts:
-            rates = {
-                kind: [
-                    r["events_per_s"]
-                    for r in runs
-                    if (r["kind"], r["batch_size"], r["workers"]) == (kind, batch, workers)
-                ]
-                for kind in ("baseline", "relay")
-            }
-            relay = median(rates["relay"])
-            baseline = median(rates["baseline"])
-            comparisons.append(
-                {
-                    "batch_size": batch,
-                    "workers": workers,
-                    "rounds": len(rates["relay"]),
-                    "relay_events_per_s": relay,
-                    "relay_range": [min(rates["relay"]), max(rates["relay"])],
-                    "baseline_events_per_s": baseline,
-                    "baseline_range": [min(rates["baseline"]), max(rates["baseline"])],
-                    "ratio": relay / baseline,
-                    "exactly_once": all(
-                        r["exactly_once"]
-                        for r in runs
-                        if (r["kind"], r["batch_size"], r["workers"]) == ("relay", batch, workers)
-                    ),
-                }
-            )
+    comparisons = [
+        _compare(runs, batch, workers) for batch in batch_sizes for workers in worker_counts
+    ]
     return {"backlog": backlog, "runs": runs, "comparisons": comparisons}
+
+
+def _compare(runs: list[dict[str, Any]], batch: int, workers: int) -> dict[str, Any]:
+    """Medians and ranges of the rounds of one (batch size, workers), both relays."""
+    mine = {
+        kind: [
+            r for r in runs if (r["kind"], r["batch_size"], r["workers"]) == (kind, batch, workers)
+        ]
+        for kind in KINDS
+    }
+    rates = {kind: [r["events_per_s"] for r in mine[kind]] for kind in KINDS}
+    relay = median(rates["relay"])
+    hand_written = median(rates["hand_written"])
+    steps: dict[str, dict[str, float]] = {}
+    for kind in KINDS:
+        names = dict.fromkeys(name for r in mine[kind] for name in r["steps_ms"])
+        per_batch = {
+            name: median(r["steps_ms"].get(name, 0.0) for r in mine[kind]) for name in names
+        }
+        total = sum(per_batch.values())
+        steps[kind] = {
+            name: {"ms": ms, "share": ms / total if total else 0.0}
+            for name, ms in per_batch.items()
+        }
+    return {
+        "batch_size": batch,
+        "workers": workers,
+        "rounds": len(rates["relay"]),
+        "relay_events_per_s": relay,
+        "relay_range": [min(rates["relay"]), max(rates["relay"])],
+        "hand_written_events_per_s": hand_written,
+        "hand_written_range": [min(rates["hand_written"]), max(rates["hand_written"])],
+        "ratio": relay / hand_written,
+        "ratios_by_round": [
+            r["events_per_s"] / h["events_per_s"]
+            for r, h in zip(mine["relay"], mine["hand_written"], strict=False)
+        ],
+        "steps_ms_per_batch": steps,
+        "exactly_once": all(r["exactly_once"] for r in mine["relay"]),
+    }
 
 
 def _one_run(
@@ -230,12 +335,14 @@ def _one_run(
         raise RuntimeError("the outbox is not empty before a throughput run")
     published = fill_backlog(backlog)
     settle_postgres()
+    clock = StepClock()
     make: Callable[[], Drainer] = (
         partial(RealRelay, batch)
         if kind == "relay"
-        else partial(BaselineRelay, bench, probe.table, batch)
+        else partial(HandWrittenRelay, bench, probe.table, batch, clock)
     )
-    seconds, inserts, events = _drain_with(make, workers)
+    with observing_steps(clock) if kind == "relay" else contextlib.nullcontext():
+        seconds, inserts, events = _drain_with(make, workers)
     left = outbox_depth()
     if kind == "relay":
         ok, detail = exactly_once(probe, published)
@@ -252,6 +359,7 @@ def _one_run(
         "events_per_s": events / seconds,
         "inserts": inserts,
         "inserts_per_10k": inserts / events * 10_000 if events else 0.0,
+        "steps_ms": step_breakdown(kind, clock.totals(), batches=inserts, busy=seconds * workers),
         "exactly_once": ok and left == 0 and events == len(published),
         "check": detail,
     }

@@ -88,22 +88,26 @@ WHERE id = (
 RETURNING id, attempts, first_id, last_id
 """
 
-# A batch's rows, found on the primary key by id range. Always in id order, so
-# every attempt sends the same block. The time is formatted here, in UTC, so that
-# no session setting (DateStyle, TimeZone) changes the text ClickHouse reads. A time
-# before year 1 goes as NULL, which ClickHouse refuses (INSERT_SETTINGS): to_char
-# drops the era, and 44 BC would be stored as 44 AD.
-COPY_BATCH = """
+# The batch's rows as ClickHouse reads them, in CLICKHOUSE_COLUMNS' order. The time is
+# formatted here, in UTC, so that no session setting (DateStyle, TimeZone) changes the
+# text ClickHouse reads. A time before year 1 goes as NULL, which ClickHouse refuses
+# (INSERT_SETTINGS): to_char drops the era, and 44 BC would be stored as 44 AD.
+COPY_COLUMNS = """
+    event_id,
+    event_type,
+    CASE WHEN event_date_time >= '0001-01-01 00:00:00+00'
+        THEN to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END,
+    environment,
+    event_context,
+    metadata_version
+"""
+# A batch's rows, found on the primary key by id range. Always in id order, so every
+# attempt sends the same block.
+COPY_BATCH = f"""
 COPY (
-    SELECT event_id,
-           event_type,
-           CASE WHEN event_date_time >= '0001-01-01 00:00:00+00'
-               THEN to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END,
-           environment,
-           event_context,
-           metadata_version
+    SELECT {COPY_COLUMNS}
     FROM event_log_outbox
-    WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id} {only}
+    WHERE id BETWEEN {{first_id}} AND {{last_id}} AND batch_id = {{batch_id}} {{only}}
     ORDER BY id
 ) TO STDOUT
 """

@@ -11,6 +11,7 @@ from psycopg import sql as pgsql
 from event_log import sql
 from event_log.conf import EventLogSettings
 from event_log.relay.batch import Batch
+from event_log.relay.tracing import step
 
 
 def claim(config: EventLogSettings) -> Batch | None:
@@ -63,7 +64,7 @@ def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> 
         if only
         else pgsql.SQL(""),
     )
-    with cur.copy(statement) as copy:
+    with step("copy rows"), cur.copy(statement) as copy:
         return b"".join(copy)  # one chunk per row, joined once
 
 

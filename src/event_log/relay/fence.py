@@ -6,6 +6,7 @@ from django.db import connection
 
 from event_log import sql
 from event_log.relay.batch import Batch
+from event_log.relay.tracing import step
 
 
 class LeaseLostError(Exception):
@@ -19,7 +20,7 @@ def renew_lease(batch: Batch, *, lease: float) -> None:
     another attempt number and sends nothing: its first attempt cannot land after
     the batch was delivered and more inserts than the deduplication window followed.
     """
-    with connection.cursor() as cur:
+    with step("renew lease"), connection.cursor() as cur:
         cur.execute(sql.RENEW_LEASE, {**batch.holder, "lease": lease})
         if cur.fetchone() is None:
             raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")

@@ -22,7 +22,7 @@ from event_log.relay.batch import Batch, Delivery, RelayReport
 from event_log.relay.claim import claim
 from event_log.relay.fence import LeaseLostError
 from event_log.relay.finish import finish, finish_checked, release
-from event_log.relay.tracing import capture, trace
+from event_log.relay.tracing import capture, step, trace
 from event_log.relay.write import write
 
 logger = structlog.get_logger(__name__)
@@ -134,7 +134,7 @@ class Relay:
                 if relays_paused():  # operators' flag (event_log.control): claim nothing
                     logger.info("relay_paused")
                     break
-                with sentry_sdk.start_span(op="db", name="event_log seal batch"):
+                with step("seal batch"):
                     batch = self.claim()
             except DATABASE_ERRORS as exc:
                 db_failures += 1
@@ -182,14 +182,14 @@ class Relay:
         started = time.perf_counter()
         self.checkpoint("sealed", batch)
         try:
-            with sentry_sdk.start_span(op="db.clickhouse", name="event_log insert batch"):
+            with step("insert batch", op="db.clickhouse"):
                 delivery = self.write(batch)
         except Exception as exc:
             return self._fail(batch, exc, deadline, report, log)
         self.checkpoint("inserted", batch)
         try:
             delay = self._delay(batch, delivery.error) if delivery.left else 0.0
-            with sentry_sdk.start_span(op="db", name="event_log delete batch"):
+            with step("delete batch"):
                 deleted, dead_lettered = self.finish(batch, delivery, delay=delay)
         except Exception as exc:
             return self._fail(batch, exc, deadline, report, log)
