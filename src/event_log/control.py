@@ -1,7 +1,8 @@
 """Pausing and resuming every relay at once: a flag in PostgreSQL that each relay obeys.
 
 The flag is the single row of ``event_log_relay_control`` (:class:`RelayControl`). A
-relay reads it before each claim (:func:`relays_paused`, one primary-key read) and,
+relay reads it as each claim starts (in the claim's first statement,
+``sql.TAKE_EXPIRED_BATCH``; :func:`relays_paused` for everyone else) and,
 while it is set, returns without claiming: events wait in the outbox, sealed batches
 keep their leases and are taken again after ``resume``. A missing row means running.
 """
@@ -20,6 +21,10 @@ logger = structlog.get_logger(__name__)
 
 CONTROL_ID = 1
 PAUSED = "SELECT paused FROM event_log_relay_control WHERE id = %s"
+
+
+class RelaysPausedError(Exception):
+    """Operators paused the relays: a claim found the flag set and claimed nothing."""
 
 
 @dataclass(frozen=True, slots=True)

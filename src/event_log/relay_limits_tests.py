@@ -123,10 +123,10 @@ def test_a_postgresql_connection_terminated_right_before_the_copy_does_not_crash
 ):
     """psycopg's AdminShutdown from COPY is not wrapped by Django: the boundary takes it."""
     published = publish_pings(300)
-    real_copy_rows = claim_step.copy_rows
+    real_copy_out = claim_step.copy_out
     terminated: list[int] = []
 
-    def terminate_then_copy(cur, batch, **kwargs):
+    def terminate_then_copy(cur, statement):
         if not terminated:
             cur.execute("SELECT pg_backend_pid()")
             terminated.append(cur.fetchone()[0])
@@ -140,9 +140,9 @@ def test_a_postgresql_connection_terminated_right_before_the_copy_does_not_crash
                 autocommit=True,
             ) as other:
                 other.execute("SELECT pg_terminate_backend(%s)", [terminated[0]])
-        return real_copy_rows(cur, batch, **kwargs)
+        return real_copy_out(cur, statement)
 
-    monkeypatch.setattr(claim_step, "copy_rows", terminate_then_copy)
+    monkeypatch.setattr(claim_step, "copy_out", terminate_then_copy)
 
     report = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
 

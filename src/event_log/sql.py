@@ -31,62 +31,40 @@ def insert_events_statement(count: int) -> str:
     return INSERT_EVENTS.format(rows=", ".join([EVENT_ROW] * count))
 
 
-# Seal: stamp unsealed rows, oldest first, with a new batch id, and record the batch
-# with its lease and id range, in one statement. A batch holds at most %(limit)s rows
-# and %(max_bytes)s bytes of event context (always at least one row, so an event over
-# the byte cap travels alone). SKIP LOCKED lets any number of relays seal side by
-# side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
-# update (no index writes). octet_length() reads a TOASTed value's size from its
-# header, without fetching it.
-SEAL_BATCH = """
-WITH candidates AS (
-    SELECT id, octet_length(event_context) AS size FROM event_log_outbox
-    WHERE batch_id IS NULL
-    ORDER BY id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), picked AS (
-    SELECT id FROM (
-        SELECT id, sum(size) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS n
-        FROM candidates
-    ) AS sized
-    WHERE running <= %(max_bytes)s OR n = 1
-), sealed AS (
-    -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
-    -- "picked" was planned as a hash join over the whole table.
-    UPDATE event_log_outbox
-    SET batch_id = %(batch_id)s
-    WHERE id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING id
-)
-INSERT INTO event_log_batch (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
-SELECT %(batch_id)s, min(id), max(id), now() + make_interval(secs => %(lease)s), 1, now(), ''
-FROM sealed
-HAVING count(*) > 0
-RETURNING first_id, last_id
-"""
-
-# The seal must survive a PostgreSQL crash whatever the role or database sets: a lost
+# The claim must survive a PostgreSQL crash whatever the role or database sets: a lost
 # seal after a delivered INSERT would re-seal the rows under a new token. Raised only
-# from "off", so a stronger level (remote_apply, …) is kept.
+# from "off", so a stronger level (remote_apply, …) is kept. Part of TAKE_EXPIRED_BATCH,
+# the first statement of every claim.
 DURABLE_COMMIT = """
 SELECT set_config('synchronous_commit', 'on', true)
 WHERE current_setting('synchronous_commit') = 'off'
 """
 
-# Take over a sealed batch whose lease ran out (its relay died, or backs off).
-TAKE_EXPIRED_BATCH = """
-UPDATE event_log_batch
-SET lease_until = now() + make_interval(secs => %(lease)s), attempts = attempts + 1
-WHERE id = (
-    SELECT id FROM event_log_batch
-    WHERE lease_until < now()
-    ORDER BY lease_until
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
+# A claim's first statement, in one round trip: the operators' pause flag
+# (event_log.control), the claim's transaction made durable (DURABLE_COMMIT), and, unless
+# relays are paused, the take-over of a sealed batch whose lease ran out (its relay died,
+# or backs off). One row: the flag, then the batch taken over or NULLs.
+TAKE_EXPIRED_BATCH = f"""
+WITH control AS (
+    SELECT coalesce(
+        (SELECT paused FROM event_log_relay_control WHERE id = %(control_id)s), false
+    ) AS paused
+), durable AS ({DURABLE_COMMIT}), taken AS (
+    UPDATE event_log_batch
+    SET lease_until = now() + make_interval(secs => %(lease)s), attempts = attempts + 1
+    WHERE id = (
+        SELECT id FROM event_log_batch
+        WHERE lease_until < now()
+        ORDER BY lease_until
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) AND NOT (SELECT paused FROM control)
+    RETURNING id, attempts, first_id, last_id
 )
-RETURNING id, attempts, first_id, last_id
-"""
+SELECT control.paused, taken.id, taken.attempts, taken.first_id, taken.last_id
+FROM control LEFT JOIN taken ON true
+WHERE (SELECT count(*) FROM durable) >= 0
+"""  # noqa: S608
 
 # The batch's rows as ClickHouse reads them, in CLICKHOUSE_COLUMNS' order. The time is
 # formatted here, in UTC, so that no session setting (DateStyle, TimeZone) changes the
@@ -101,6 +79,7 @@ COPY_COLUMNS = """
     event_context,
     metadata_version
 """
+
 # A batch's rows, found on the primary key by id range. Always in id order, so every
 # attempt sends the same block. (Built from constants only.)
 COPY_BATCH = f"""
@@ -113,6 +92,54 @@ COPY (
 """  # noqa: S608
 # COPY_BATCH's {only}: nothing, or ONLY_EVENTS for part of a batch.
 ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
+
+# Seal and copy, in one statement: stamp unsealed rows, oldest first, with a new batch
+# id, record the batch with its lease and id range, and send the stamped rows as
+# COPY_BATCH sends them (COPY_COLUMNS, id order), so the seal's rows are read once.
+# Formatted with psycopg's sql.Literal (COPY takes no parameters). A batch holds at most
+# {limit} rows and {max_bytes} bytes of event context (always at least one row, so an
+# event over the byte cap travels alone). SKIP LOCKED lets any number of relays seal
+# side by side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
+# update (no index writes). octet_length() reads a TOASTed value's size from its
+# header, without fetching it. No row out: the outbox had nothing to seal.
+SEAL_BATCH = f"""
+COPY (
+    WITH candidates AS (
+        SELECT id, octet_length(event_context) AS size FROM event_log_outbox
+        WHERE batch_id IS NULL
+        ORDER BY id
+        LIMIT {{limit}}
+        FOR UPDATE SKIP LOCKED
+    ), picked AS (
+        SELECT id FROM (
+            SELECT id, sum(size) OVER (ORDER BY id) AS running,
+                   row_number() OVER (ORDER BY id) AS n
+            FROM candidates
+        ) AS sized
+        WHERE running <= {{max_bytes}} OR n = 1
+    ), sealed AS (
+        -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
+        -- "picked" was planned as a hash join over the whole table.
+        UPDATE event_log_outbox
+        SET batch_id = {{batch_id}}
+        WHERE id = ANY(ARRAY(SELECT id FROM picked))
+        RETURNING *
+    ), recorded AS (
+        INSERT INTO event_log_batch
+            (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
+        SELECT {{batch_id}}, min(id), max(id), now() + make_interval(secs => {{lease}}), 1,
+               now(), ''
+        FROM sealed
+        HAVING count(*) > 0
+    )
+    SELECT {COPY_COLUMNS}
+    FROM sealed
+    ORDER BY id
+) TO STDOUT
+"""  # noqa: S608
+
+# The id range SEAL_BATCH recorded, read in the seal's transaction.
+BATCH_RANGE = "SELECT first_id, last_id FROM event_log_batch WHERE id = %(batch_id)s"
 
 # What ClickHouse holds of a batch is looked up by the table's whole sorting key
 # (relay.verify): these are the keys of the batch's rows, the time as COPY_BATCH sends it.
@@ -132,9 +159,24 @@ WHERE (event_type, event_date_time, event_id) IN ({keys})
 # Fencing: the relay that holds a batch is the one whose attempt number is the
 # batch's. Right before each INSERT it renews its lease; a relay that paused past
 # its lease finds another attempt number here and sends nothing.
+#
+# In a statement of its own (autocommit: %(own_transaction)s true) the renewal's commit
+# does not wait for the disk: every other relay sees it at once, and a renewal lost in
+# a PostgreSQL crash leaves the lease of the seal or of an earlier renewal, less than a
+# second shorter, which the crash has ended anyway (the relay's connection is gone, so
+# its next step fails). Durable, it would cost a WAL flush per batch. Inside a caller's
+# transaction the setting is left alone: it would apply to that whole transaction.
 RENEW_LEASE = """
+WITH no_flush AS (
+    SELECT set_config(
+        'synchronous_commit',
+        CASE WHEN %(own_transaction)s THEN 'off' ELSE current_setting('synchronous_commit') END,
+        true
+    )
+)
 UPDATE event_log_batch
 SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM no_flush
 WHERE id = %(batch_id)s AND attempts = %(attempts)s
 RETURNING 1
 """
@@ -147,10 +189,22 @@ WHERE id = %(batch_id)s AND attempts = %(attempts)s
 FOR UPDATE
 """
 
+# A batch's delivery record (event_log.verify): a batch finished in parts adds each part
+# to its one record (RECORD_DELIVERY, FINISH_BATCH).
+MERGE_DELIVERY = """
+ON CONFLICT (batch_id) DO UPDATE SET
+    delivered_at = EXCLUDED.delivered_at,
+    event_ids = event_log_delivery.event_ids || EXCLUDED.event_ids,
+    rows = event_log_delivery.rows + EXCLUDED.rows,
+    first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
+    last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
+"""
+
 # After ClickHouse acknowledged the insert, one statement: as the batch's holder
-# (a relay that lost its lease deletes and counts nothing), delete the rows, add to
-# the running totals and delete the batch.
-FINISH_BATCH = """
+# (a relay that lost its lease deletes and counts nothing), delete the rows, record
+# their event ids for event_log_verify (as RECORD_DELIVERY does, from the deleted rows,
+# so they are read once), add to the running totals and delete the batch.
+FINISH_BATCH = f"""
 WITH held AS (
     SELECT id FROM event_log_batch
     WHERE id = %(batch_id)s AND attempts = %(attempts)s
@@ -159,7 +213,15 @@ WITH held AS (
     DELETE FROM event_log_outbox
     WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
       AND EXISTS (SELECT 1 FROM held)
-    RETURNING 1
+    RETURNING event_id, event_date_time
+), recorded AS (
+    INSERT INTO event_log_delivery
+        (batch_id, delivered_at, event_ids, rows, first_event_at, last_event_at)
+    SELECT %(batch_id)s, now(), array_agg(event_id), count(*), min(event_date_time),
+           max(event_date_time)
+    FROM deleted
+    HAVING count(*) > 0
+    {MERGE_DELIVERY}
 ), counted AS (
     INSERT INTO event_log_relay_stats
         (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
@@ -173,7 +235,7 @@ WITH held AS (
 )
 DELETE FROM event_log_batch WHERE id = (SELECT id FROM held)
 RETURNING (SELECT count(*) FROM deleted)
-"""
+"""  # noqa: S608
 
 # The slow path (a re-sent, checked or isolated batch), under HOLD_BATCH: delete the
 # rows ClickHouse is known to hold and add them to the totals. Rows neither
@@ -309,11 +371,11 @@ SELECT coalesce(max(octet_length(event_context)), 0) FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
 """
 
-# finish() and finish_checked(), as the batch's holder, in the transaction that deletes
-# the rows, after dead letters left: the event ids about to be deleted (all of the
-# batch's, or those of %(event_ids)s), kept for event_log_verify (event_log.verify).
-# A batch finished in parts adds each part to its one record.
-RECORD_DELIVERY = """
+# finish_checked(), as the batch's holder, in the transaction that deletes the rows,
+# after dead letters left: the event ids about to be deleted (all of the batch's, or
+# those of %(event_ids)s), kept for event_log_verify (event_log.verify). The fast path's
+# FINISH_BATCH records its rows itself.
+RECORD_DELIVERY = f"""
 INSERT INTO event_log_delivery
     (batch_id, delivered_at, event_ids, rows, first_event_at, last_event_at)
 SELECT %(batch_id)s, now(), array_agg(event_id), count(*), min(event_date_time),
@@ -322,10 +384,5 @@ FROM event_log_outbox
 WHERE id BETWEEN %(first_id)s AND %(last_id)s AND batch_id = %(batch_id)s
   AND (%(event_ids)s::uuid[] IS NULL OR event_id = ANY(%(event_ids)s::uuid[]))
 HAVING count(*) > 0
-ON CONFLICT (batch_id) DO UPDATE SET
-    delivered_at = EXCLUDED.delivered_at,
-    event_ids = event_log_delivery.event_ids || EXCLUDED.event_ids,
-    rows = event_log_delivery.rows + EXCLUDED.rows,
-    first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
-    last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
-"""
+{MERGE_DELIVERY}
+"""  # noqa: S608

@@ -10,6 +10,7 @@ from psycopg import sql as pgsql
 
 from event_log import sql
 from event_log.conf import EventLogSettings
+from event_log.control import CONTROL_ID, RelaysPausedError
 from event_log.relay.batch import Batch
 from event_log.relay.tracing import step
 
@@ -20,30 +21,17 @@ def claim(config: EventLogSettings) -> Batch | None:
     One short PostgreSQL transaction, durable whatever the session's
     ``synchronous_commit``. ``FOR UPDATE SKIP LOCKED`` lets any number of relays
     claim side by side, each getting a batch of its own. A batch holds at most
-    ``BATCH_SIZE`` rows and ``BATCH_MAX_BYTES`` bytes of event context.
+    ``BATCH_SIZE`` rows and ``BATCH_MAX_BYTES`` bytes of event context. Raises
+    :class:`RelaysPausedError` (and claims nothing) while operators pause relays.
     """
     lease = config.LEASE_SECONDS
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(sql.DURABLE_COMMIT)
-        cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease})
-        taken = cur.fetchone()
-        if taken is not None:
-            batch_id, attempts, first_id, last_id = taken
-        else:
-            batch_id, attempts = uuid.uuid4(), 1
-            cur.execute(
-                sql.SEAL_BATCH,
-                {
-                    "batch_id": batch_id,
-                    "limit": config.BATCH_SIZE,
-                    "max_bytes": config.BATCH_MAX_BYTES,
-                    "lease": lease,
-                },
-            )
-            sealed = cur.fetchone()
-            if sealed is None:
-                return None
-            first_id, last_id = sealed
+        cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease, "control_id": CONTROL_ID})
+        paused, batch_id, attempts, first_id, last_id = cur.fetchone()
+        if paused:
+            raise RelaysPausedError("relays are paused")
+        if batch_id is None:
+            return seal(cur, config)
         batch = Batch(id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=b"")
         return Batch(
             id=batch_id,
@@ -52,6 +40,24 @@ def claim(config: EventLogSettings) -> Batch | None:
             last_id=last_id,
             block=copy_rows(cur, batch),
         )
+
+
+def seal(cur: Any, config: EventLogSettings) -> Batch | None:
+    """Seal up to ``BATCH_SIZE`` new rows and copy them out, in one statement (SEAL_BATCH)."""
+    batch_id = uuid.uuid4()
+    statement = pgsql.SQL(sql.SEAL_BATCH).format(
+        batch_id=pgsql.Literal(batch_id),
+        limit=pgsql.Literal(config.BATCH_SIZE),
+        max_bytes=pgsql.Literal(config.BATCH_MAX_BYTES),
+        lease=pgsql.Literal(config.LEASE_SECONDS),
+    )
+    with step("seal and copy rows"):
+        block = copy_out(cur, statement)
+    if not block:
+        return None
+    cur.execute(sql.BATCH_RANGE, {"batch_id": batch_id})
+    first_id, last_id = cur.fetchone()
+    return Batch(id=batch_id, attempts=1, first_id=first_id, last_id=last_id, block=block)
 
 
 def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> bytes:
@@ -64,7 +70,13 @@ def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> 
         if only
         else pgsql.SQL(""),
     )
-    with step("copy rows"), cur.copy(statement) as copy:
+    with step("copy rows"):
+        return copy_out(cur, statement)
+
+
+def copy_out(cur: Any, statement: pgsql.Composable) -> bytes:
+    """What a ``COPY ... TO STDOUT`` sends, as one bytes object."""
+    with cur.copy(statement) as copy:
         return b"".join(copy)  # one chunk per row, joined once
 
 

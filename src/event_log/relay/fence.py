@@ -21,6 +21,9 @@ def renew_lease(batch: Batch, *, lease: float) -> None:
     the batch was delivered and more inserts than the deduplication window followed.
     """
     with step("renew lease"), connection.cursor() as cur:
-        cur.execute(sql.RENEW_LEASE, {**batch.holder, "lease": lease})
+        cur.execute(
+            sql.RENEW_LEASE,
+            {**batch.holder, "lease": lease, "own_transaction": not connection.in_atomic_block},
+        )
         if cur.fetchone() is None:
             raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")

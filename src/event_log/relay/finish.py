@@ -20,8 +20,7 @@ def finish(batch: Batch) -> int:
         # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
         # the batch comes back sealed and is re-sent; its rows are looked up first.
         cur.execute(sql.FINISH_WITHOUT_FSYNC)
-        # Rolled back with the rest if this relay no longer holds the batch.
-        cur.execute(sql.RECORD_DELIVERY, {**batch.keys, "event_ids": None})
+        # Deletes, records and counts nothing if this relay no longer holds the batch.
         cur.execute(sql.FINISH_BATCH, {**batch.keys, "attempts": batch.attempts})
         finished = cur.fetchone()
         if finished is None:

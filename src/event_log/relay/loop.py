@@ -15,7 +15,7 @@ from django.db import connection
 from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
-from event_log.control import relays_paused
+from event_log.control import RelaysPausedError
 from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
 from event_log.relay.backoff import backoff_delay
 from event_log.relay.batch import Batch, Delivery, RelayReport
@@ -80,7 +80,10 @@ class Relay:
     # -- the three steps -------------------------------------------------------
 
     def claim(self) -> Batch | None:
-        """Take an expired batch or seal a new one; None when the outbox is empty."""
+        """Take an expired batch or seal a new one; None when the outbox is empty.
+
+        Raises ``RelaysPausedError`` while operators pause relays (event_log.control).
+        """
         return claim(self.config)
 
     def write(self, batch: Batch) -> Delivery:
@@ -131,11 +134,11 @@ class Relay:
         while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
             self._gather(deadline)
             try:
-                if relays_paused():  # operators' flag (event_log.control): claim nothing
-                    logger.info("relay_paused")
-                    break
                 with step("seal batch"):
                     batch = self.claim()
+            except RelaysPausedError:  # operators' flag (event_log.control): claim nothing
+                logger.info("relay_paused")
+                break
             except DATABASE_ERRORS as exc:
                 db_failures += 1
                 if not self._wait_after_database_error(exc, db_failures, deadline, report):
