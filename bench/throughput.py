@@ -58,7 +58,7 @@ COPY (
 # The relay's steps (event_log.relay.tracing.step names), innermost first: each one's
 # own time is its duration minus the steps nested in it.
 RELAY_STEPS = {
-    "seal batch": ("copy rows",),  # the claim: take over or seal, then copy
+    "seal batch": ("copy rows",),  # the claim: its transaction, the seal, the copy
     "copy rows": (),
     "insert batch": ("renew lease",),
     "renew lease": (),

@@ -93,53 +93,42 @@ COPY (
 # COPY_BATCH's {only}: nothing, or ONLY_EVENTS for part of a batch.
 ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
 
-# Seal and copy, in one statement: stamp unsealed rows, oldest first, with a new batch
-# id, record the batch with its lease and id range, and send the stamped rows as
-# COPY_BATCH sends them (COPY_COLUMNS, id order), so the seal's rows are read once.
-# Formatted with psycopg's sql.Literal (COPY takes no parameters). A batch holds at most
-# {limit} rows and {max_bytes} bytes of event context (always at least one row, so an
-# event over the byte cap travels alone). SKIP LOCKED lets any number of relays seal
-# side by side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
+# Seal: stamp unsealed rows, oldest first, with a new batch id, and record the batch
+# with its lease and id range, in one statement. A batch holds at most %(limit)s rows
+# and %(max_bytes)s bytes of event context (always at least one row, so an event over
+# the byte cap travels alone). SKIP LOCKED lets any number of relays seal side by
+# side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
 # update (no index writes). octet_length() reads a TOASTed value's size from its
-# header, without fetching it. No row out: the outbox had nothing to seal.
-SEAL_BATCH = f"""
-COPY (
-    WITH candidates AS (
-        SELECT id, octet_length(event_context) AS size FROM event_log_outbox
-        WHERE batch_id IS NULL
-        ORDER BY id
-        LIMIT {{limit}}
-        FOR UPDATE SKIP LOCKED
-    ), picked AS (
-        SELECT id FROM (
-            SELECT id, sum(size) OVER (ORDER BY id) AS running,
-                   row_number() OVER (ORDER BY id) AS n
-            FROM candidates
-        ) AS sized
-        WHERE running <= {{max_bytes}} OR n = 1
-    ), sealed AS (
-        -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
-        -- "picked" was planned as a hash join over the whole table.
-        UPDATE event_log_outbox
-        SET batch_id = {{batch_id}}
-        WHERE id = ANY(ARRAY(SELECT id FROM picked))
-        RETURNING *
-    ), recorded AS (
-        INSERT INTO event_log_batch
-            (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
-        SELECT {{batch_id}}, min(id), max(id), now() + make_interval(secs => {{lease}}), 1,
-               now(), ''
-        FROM sealed
-        HAVING count(*) > 0
-    )
-    SELECT {COPY_COLUMNS}
-    FROM sealed
+# header, without fetching it. (Copying the rows out in the same statement, from the
+# UPDATE's RETURNING, was measured slower than COPY_BATCH after it: 80 against 74 ms
+# for 5,000 rows.)
+SEAL_BATCH = """
+WITH candidates AS (
+    SELECT id, octet_length(event_context) AS size FROM event_log_outbox
+    WHERE batch_id IS NULL
     ORDER BY id
-) TO STDOUT
-"""  # noqa: S608
-
-# The id range SEAL_BATCH recorded, read in the seal's transaction.
-BATCH_RANGE = "SELECT first_id, last_id FROM event_log_batch WHERE id = %(batch_id)s"
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS n
+        FROM candidates
+    ) AS sized
+    WHERE running <= %(max_bytes)s OR n = 1
+), sealed AS (
+    -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
+    -- "picked" was planned as a hash join over the whole table.
+    UPDATE event_log_outbox
+    SET batch_id = %(batch_id)s
+    WHERE id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING id
+)
+INSERT INTO event_log_batch (id, first_id, last_id, lease_until, attempts, sealed_at, last_error)
+SELECT %(batch_id)s, min(id), max(id), now() + make_interval(secs => %(lease)s), 1, now(), ''
+FROM sealed
+HAVING count(*) > 0
+RETURNING first_id, last_id
+"""
 
 # What ClickHouse holds of a batch is looked up by the table's whole sorting key
 # (relay.verify): these are the keys of the batch's rows, the time as COPY_BATCH sends it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from django.db import connection, transaction
@@ -33,31 +34,27 @@ def claim(config: EventLogSettings) -> Batch | None:
         if batch_id is None:
             return seal(cur, config)
         batch = Batch(id=batch_id, attempts=attempts, first_id=first_id, last_id=last_id, block=b"")
-        return Batch(
-            id=batch_id,
-            attempts=attempts,
-            first_id=first_id,
-            last_id=last_id,
-            block=copy_rows(cur, batch),
-        )
+        return replace(batch, block=copy_rows(cur, batch))
 
 
 def seal(cur: Any, config: EventLogSettings) -> Batch | None:
-    """Seal up to ``BATCH_SIZE`` new rows and copy them out, in one statement (SEAL_BATCH)."""
+    """Seal up to ``BATCH_SIZE`` new rows (SEAL_BATCH) and copy them out."""
     batch_id = uuid.uuid4()
-    statement = pgsql.SQL(sql.SEAL_BATCH).format(
-        batch_id=pgsql.Literal(batch_id),
-        limit=pgsql.Literal(config.BATCH_SIZE),
-        max_bytes=pgsql.Literal(config.BATCH_MAX_BYTES),
-        lease=pgsql.Literal(config.LEASE_SECONDS),
+    cur.execute(
+        sql.SEAL_BATCH,
+        {
+            "batch_id": batch_id,
+            "limit": config.BATCH_SIZE,
+            "max_bytes": config.BATCH_MAX_BYTES,
+            "lease": config.LEASE_SECONDS,
+        },
     )
-    with step("seal and copy rows"):
-        block = copy_out(cur, statement)
-    if not block:
+    sealed = cur.fetchone()
+    if sealed is None:
         return None
-    cur.execute(sql.BATCH_RANGE, {"batch_id": batch_id})
-    first_id, last_id = cur.fetchone()
-    return Batch(id=batch_id, attempts=1, first_id=first_id, last_id=last_id, block=block)
+    first_id, last_id = sealed
+    batch = Batch(id=batch_id, attempts=1, first_id=first_id, last_id=last_id, block=b"")
+    return replace(batch, block=copy_rows(cur, batch))
 
 
 def copy_rows(cur: Any, batch: Batch, *, only: set[uuid.UUID] | None = None) -> bytes:
