@@ -29,6 +29,14 @@ of them alike:
   ClickHouse client, and the embedded engine then runs its inserts and merges
   inside this process, which slows every variant of that pass a little. The
   direct/outbox comparison is made within this pass.
+
+Pass C takes the outbox statement apart, inside a transaction that is already
+open (as after the business write; rolled back, so no commit is timed): one
+``SELECT 1``; the outbox INSERT of one event through Django's cursor, which
+binds the values on the client (``ClientCursor``); the same INSERT through
+psycopg's cursor, which sends them apart (what ``publish()`` uses); and the
+whole ``publish()`` (validation, serialization, event id and time, the INSERT,
+the on-commit kick's registration, the metric). Each is timed around the call.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from harness import BenchEnv, ClickHouseProbe, clear_redis, empty_outbox, percen
 
 PASS_A = ("none", "outbox", "use_case", "outbox_kick", "select_1")
 PASS_B = ("none", "outbox", "direct")
+PASS_C = ("select_1", "insert_client_binding", "insert_server_binding", "publish")
 
 
 def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) -> dict[str, Any]:
@@ -148,9 +157,72 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
             for name, values in samples.items()
         }
 
+    row_statement = sql.insert_events_statement(1)
+
+    def outbox_row() -> list[Any]:
+        event = UserCreated(user_id=1, email=email(), first_name="Ada", last_name="Lovelace")
+        return [
+            uuid.uuid4(),
+            event.event_type,
+            datetime.now(UTC),
+            settings.ENVIRONMENT,
+            event.model_dump_json(),
+            event.metadata_version,
+        ]
+
+    def statement_cost(rounds_: int) -> dict[str, dict[str, float]]:
+        import psycopg  # noqa: PLC0415
+
+        event = UserCreated(user_id=1, email=email(), first_name="Ada", last_name="Lovelace")
+
+        def select_1_only() -> None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+
+        def client_binding() -> None:
+            values = outbox_row()
+            with connection.cursor() as cursor:
+                cursor.execute(row_statement, values)
+
+        def server_binding() -> None:
+            values = outbox_row()
+            with psycopg.Cursor(connection.connection) as cursor:
+                cursor.execute(row_statement, values)
+
+        steps = {
+            "select_1": select_1_only,
+            "insert_client_binding": client_binding,
+            "insert_server_binding": server_binding,
+            "publish": lambda: publish(event),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in PASS_C}
+        order = list(PASS_C)
+        for i in range(warmup + rounds_):
+            rng.shuffle(order)
+            for name in order:
+                with transaction.atomic():
+                    select_1_only()  # the transaction is open, as after the business write
+                    started = time.perf_counter()
+                    steps[name]()
+                    elapsed = time.perf_counter() - started
+                    transaction.set_rollback(True)
+                if i >= warmup:
+                    samples[name].append(elapsed)
+        floor = percentile(samples["select_1"], 50)
+        return {
+            name: {
+                "n": len(values),
+                "median_us": percentile(values, 50) * 1e6,
+                "p90_us": percentile(values, 90) * 1e6,
+                "over_select_1": percentile(values, 50) / floor,
+            }
+            for name, values in samples.items()
+        }
+
     clear_redis(bench)
     connection.ensure_connection()
     try:
+        statements = statement_cost(rounds)
         stats = measure(PASS_A, rounds)
         ch = clickhouse.connect(bench.clickhouse_url)
         try:
@@ -167,6 +239,7 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
     b_outbox_added = direct_stats["outbox"]["median_ms"] - b_none
     b_direct_added = direct_stats["direct"]["median_ms"] - b_none
     return {
+        "statements": statements,
         "rounds": rounds,
         "rounds_direct_pass": max(rounds // 2, 1),
         "warmup": warmup,

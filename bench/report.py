@@ -198,6 +198,30 @@ def render(results: dict[str, Any]) -> str:
             f"({p['direct_added_over_outbox_added']:.1f}x); a direct-insert transaction takes "
             f"{p['direct_over_outbox']:.1f}x an outbox one",
         ]
+        if "statements" in p:
+            labels = {
+                "select_1": "SELECT 1 (the floor)",
+                "insert_client_binding": "outbox INSERT, Django cursor (values bound in Python)",
+                "insert_server_binding": "outbox INSERT, values sent apart (psycopg Cursor)",
+                "publish": "publish() (the INSERT above, plus its own work)",
+            }
+            out += [
+                "",
+                "1b. Publish, statement by statement, inside an open transaction (no commit)",
+                table(
+                    ["statement", "median us", "p90 us", "x SELECT 1"],
+                    [
+                        [
+                            labels[name],
+                            f"{v['median_us']:.1f}",
+                            f"{v['p90_us']:.1f}",
+                            f"{v['over_select_1']:.2f}x",
+                        ]
+                        for name, v in p["statements"].items()
+                    ],
+                    {1, 2, 3},
+                ),
+            ]
     if "throughput" in results:
         t = results["throughput"]
         runs = {(r["kind"], r["batch_size"], r["workers"]): r for r in t["runs"]}

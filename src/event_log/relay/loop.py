@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 
 import psycopg
-import sentry_sdk
 import structlog
 from clickhouse_connect.driver.client import Client
 from django.db import Error as DjangoDatabaseError
@@ -148,12 +147,11 @@ class Relay:
             if batch is None:
                 report.drained = True
                 break
-            with sentry_sdk.start_span(
-                op="event_log.batch", name="event_log deliver batch"
-            ) as span:
-                span.set_data("batch_id", str(batch.id))
-                span.set_data("rows", batch.rows)
-                span.set_data("attempt", batch.attempts)
+            with step("deliver batch", op="event_log.batch") as span:
+                if span is not None:
+                    span.set_data("batch_id", str(batch.id))
+                    span.set_data("rows", batch.rows)
+                    span.set_data("attempt", batch.attempts)
                 if not self._deliver(batch, deadline, report):
                     break
             self._release_engine_memory()

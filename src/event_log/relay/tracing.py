@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import sentry_sdk
@@ -35,7 +35,12 @@ def step(name: str, *, op: str = "db") -> Iterator[Any]:
     """
     started = time.perf_counter()
     try:
-        with sentry_sdk.start_span(op=op, name=f"event_log {name}") as span:
+        # Without Sentry (no DSN) a span is built for nobody, at about 20 µs each.
+        with (
+            sentry_sdk.start_span(op=op, name=f"event_log {name}")
+            if sentry_sdk.get_client().is_active()
+            else nullcontext()
+        ) as span:
             yield span
     finally:
         for observe in step_observers:
