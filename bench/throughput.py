@@ -4,7 +4,8 @@ For each batch size, a backlog of ``UserCreated`` events (copies of events
 published through ``publish()``, each with a fresh event id) is drained by, in turn:
 
 - the hand-written relay, the tightest one without guarantees: per batch, one
-  ``COPY (DELETE ... RETURNING <the relay's COPY columns>) TO STDOUT`` and one
+  ``COPY (DELETE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED))
+  RETURNING <the relay's COPY columns>) TO STDOUT`` and one
   TabSeparated INSERT of those bytes (the driver's ``raw_insert``, ``async_insert=0``);
   the DELETE commits with its COPY (autocommit, one round trip) — no batch ids, no
   lease, no deduplication token, no retries, no Python object per row;
@@ -46,11 +47,14 @@ from harness import (
     settle_postgres,
 )
 
+# "WHERE id IN (SELECT ...)" is planned as a hash semi-join over a sequential scan of
+# the whole outbox (44.7 ms for 5,000 of 100,000 rows, EXPLAIN ANALYZE), so its cost
+# grew with the backlog; "= ANY(ARRAY(...))" walks the primary key, as the relay's seal.
 HAND_WRITTEN_COPY = """
 COPY (
-    DELETE FROM event_log_outbox WHERE id IN (
+    DELETE FROM event_log_outbox WHERE id = ANY(ARRAY(
         SELECT id FROM event_log_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED
-    )
+    ))
     RETURNING {columns}
 ) TO STDOUT
 """
