@@ -100,8 +100,8 @@ ONLY_EVENTS = "AND event_id = ANY({event_ids}::uuid[])"
 # side without waiting. batch_id is in no index, so each row's UPDATE is a HOT
 # update (no index writes). octet_length() reads a TOASTed value's size from its
 # header, without fetching it. (Copying the rows out in the same statement, from the
-# UPDATE's RETURNING, was measured slower than COPY_BATCH after it: 80 against 74 ms
-# for 5,000 rows.)
+# UPDATE's RETURNING, was measured slower than COPY_BATCH after it: the claim took 92
+# against 84 ms for 5,000 rows; docs/performance.md.)
 SEAL_BATCH = """
 WITH candidates AS (
     SELECT id, octet_length(event_context) AS size FROM event_log_outbox
