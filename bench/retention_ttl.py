@@ -7,7 +7,8 @@ DDL files, with the same per-type TTL (``user_created`` 30 days, every other typ
 once with whole-part drops forced back on. Each gets ``rows`` events of two types,
 45 and 120 days old, types mixed in every part as the relay's batches mix them, and
 background TTL merges allowed every second. It prints, for each table, the rows of
-each (type, age) left once the first table's merges settle (or after a minute), and how long that took.
+each (type, age) left once the first table's merges settle (or after a minute), and
+how long that took.
 """
 
 from __future__ import annotations
