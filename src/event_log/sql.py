@@ -135,6 +135,17 @@ WHERE id = %(batch_id)s AND attempts = %(attempts)s
 RETURNING 1
 """
 
+# Erasure (event_log.erasure), in the transaction that rewrites a subject's rows:
+# take over the sealed batches holding them as a new attempt, so the relay that
+# copied the old text finds its renewal refused (RENEW_LEASE) and sends nothing, and
+# release them at once, so the next relay re-reads the rewritten rows.
+FENCE_BATCHES = """
+UPDATE event_log_batch
+SET attempts = attempts + 1, lease_until = least(lease_until, now())
+WHERE id = ANY(%(batch_ids)s::uuid[])
+RETURNING id
+"""
+
 # The slow path's finish starts by locking the batch as its holder (take-overs skip
 # a locked batch); no row means another relay holds it now.
 HOLD_BATCH = """

@@ -16,17 +16,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--subject", required=True, help="<kind>:<id>, e.g. user:42")
-        parser.add_argument(
-            "--wait",
-            type=float,
-            default=None,
-            help="seconds to wait for sealed batches holding the subject's rows "
-            "(default: lease + insert timeout)",
-        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            report = event_log_erase(subject=options["subject"], wait_for_in_flight=options["wait"])
+            report = event_log_erase(subject=options["subject"])
         except ErasureError as exc:
             raise CommandError(str(exc)) from None
         except ClickHouseError as exc:
