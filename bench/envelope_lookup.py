@@ -155,8 +155,7 @@ def _keys(ch: Any, table: str, count: int) -> dict[str, list[str]]:
 
     def sample(column: str, where: str = "") -> list[str]:
         rows = ch.query(
-            f"SELECT {column} FROM {table} {where} "
-            f"ORDER BY cityHash64({column}) LIMIT {count}"
+            f"SELECT {column} FROM {table} {where} ORDER BY cityHash64({column}) LIMIT {count}"
         ).result_rows
         return [str(row[0]) for row in rows]
 
