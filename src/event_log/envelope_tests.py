@@ -240,3 +240,29 @@ def test_a_web_request_s_actor_is_a_user_only_once_the_request_has_loaded_it(rf)
 
     request.user = AnonymousUser()
     assert request_actor(request) == Actor("api_client")
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_the_envelope_of_outbox_rows_and_dead_letters(admin_client):
+    with acting_as(Actor("command", "backfill")), transaction.atomic():
+        publish(UserCreated(user_id=7, email="x@example.com", first_name="", last_name=""))
+    outbox = OutboxEvent.objects.get()
+    letter = DeadLetter.objects.create(
+        event_id=uuid.uuid4(),
+        event_type="ping",
+        event_date_time=outbox.event_date_time,
+        environment="test",
+        event_context="{}",
+        error="refused",
+        batch_id=uuid.uuid4(),
+        actor_type="task",
+        actor_id="nightly_import",
+        request_id="req-dead-1",
+    )
+
+    outbox_page = admin_client.get(f"/admin/event_log/outboxevent/{outbox.pk}/change/")
+    letter_page = admin_client.get(f"/admin/event_log/deadletter/{letter.pk}/change/")
+
+    assert outbox_page.status_code == letter_page.status_code == 200
+    assert b"backfill" in outbox_page.content and b"Subject id" in outbox_page.content
+    assert b"nightly_import" in letter_page.content and b"req-dead-1" in letter_page.content
