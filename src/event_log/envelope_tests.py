@@ -6,16 +6,18 @@ import re
 import uuid
 
 import pytest
+import redis
 import sentry_sdk
 import structlog
 from celery import shared_task
+from django.conf import settings as django_settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils.functional import SimpleLazyObject
 
-from conftest import Ping, insert_outbox_rows
+from conftest import RUN_ID, WORKER, Ping, celery_argv, insert_outbox_rows, running, wait_until
 from event_log import Event, envelope, publish, sql
 from event_log.dead_letters import dead_letters_replay
 from event_log.envelope import SYSTEM, Actor, acting_as, current_actor, request_actor, task_queued
@@ -266,3 +268,35 @@ def test_the_admin_shows_the_envelope_of_outbox_rows_and_dead_letters(admin_clie
     assert outbox_page.status_code == letter_page.status_code == 200
     assert b"backfill" in outbox_page.content and b"Subject id" in outbox_page.content
     assert b"nightly_import" in letter_page.content and b"req-dead-1" in letter_page.content
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_actor_and_request_id_travel_into_a_task_run_by_a_real_worker(
+    ch, process_env, tmp_path
+):
+    from event_log.testing.tasks import publish_probe
+
+    # No kick: the worker only runs the probe tasks; this process delivers afterwards.
+    env = {**process_env, "LOG_FORMAT": "json", "EVENT_LOG_KICK": "false"}
+    worker_log = tmp_path / "worker.log"
+    argv = celery_argv(*WORKER, "--include", "event_log.testing.tasks")
+    broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    broker.delete(RUN_ID)
+    with running(argv, env=env, log=worker_log):
+        wait_until(lambda: b"ready" in worker_log.read_bytes(), timeout=60)
+        with (
+            acting_as(Actor("user", "42")),
+            structlog.contextvars.bound_contextvars(request_id="req-task-7"),
+        ):
+            publish_probe.apply_async(kwargs={"n": 1})  # as a view would
+        publish_probe.apply_async(kwargs={"n": 2})  # as Beat would: no actor, no request
+        wait_until(lambda: OutboxEvent.objects.count() == 2, timeout=60)
+    broker.delete(RUN_ID)
+    broker.close()
+
+    envelopes = deliver_and_compare(ch)
+    assert sorted(envelopes.values()) == [
+        ("task", "event_log.testing.publish_probe", "", "", "", ""),
+        ("user", "42", "", "", "req-task-7", ""),
+    ]
