@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils.functional import SimpleLazyObject
+from structlog.testing import capture_logs
 
 from conftest import RUN_ID, WORKER, Ping, celery_argv, insert_outbox_rows, running, wait_until
 from event_log import Event, envelope, publish, sql
@@ -300,3 +301,22 @@ def test_the_actor_and_request_id_travel_into_a_task_run_by_a_real_worker(
         ("task", "event_log.testing.publish_probe", "", "", "", ""),
         ("user", "42", "", "", "req-task-7", ""),
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_s_log_lines_name_the_request_id_of_its_first_event(ch):
+    with structlog.contextvars.bound_contextvars(request_id="req-first"), transaction.atomic():
+        publish(Ping(n=1))
+    with structlog.contextvars.bound_contextvars(request_id="req-second"), transaction.atomic():
+        publish(Ping(n=2))
+    with capture_logs() as logs:
+        run_relay()
+    with transaction.atomic():
+        publish(Ping(n=3))  # outside any request
+    with capture_logs() as later:
+        run_relay()
+
+    [delivered] = [line for line in logs if line["event"] == "outbox_batch_delivered"]
+    [delivered_later] = [line for line in later if line["event"] == "outbox_batch_delivered"]
+    assert (delivered["first_request_id"], delivered["rows"]) == ("req-first", 2)
+    assert "first_request_id" not in delivered_later
