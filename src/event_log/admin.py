@@ -15,6 +15,7 @@ from event_log.control import CONTROL_ID, batches_retry_now, relays_pause, relay
 from event_log.dead_letter_audit import context_change
 from event_log.dead_letters import dead_letters_replay, with_timestamps_as_text
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayControl
+from event_log.sql import ENVELOPE_COLUMNS
 
 logger = structlog.get_logger(__name__)
 
@@ -49,6 +50,7 @@ class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "event_time",
         "environment",
         "metadata_version",
+        *ENVELOPE_COLUMNS,
         "error",
         "error_code",
         "attempts",
@@ -145,6 +147,7 @@ class OutboxEventAdmin(ReadOnlyAdmin):
         "environment",
         "event_context",
         "metadata_version",
+        *ENVELOPE_COLUMNS,
         "batch",
     )
 
