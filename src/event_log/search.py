@@ -9,8 +9,9 @@ it runs through :func:`event_log.query.query_event_log`: straight to a server as
 read-only user of ``CLICKHOUSE_READER_URL``, or to the embedded engine (through the
 process that holds it, ADR 0011), always with ``readonly = 1``.
 
-Every search is logged as ``event_log_searched``: who searched (a user id, or the
-command), the filters and how many events came back. The filters are identifiers
+Every search is logged as ``event_log_searched`` and published as the event
+``event_log_searched`` (:class:`event_log.events.EventLogSearched`): who searched (a
+user id, or the command), the filters and how many events came back. The filters are identifiers
 (event types, ``kind:id`` references, a request id, times), never field values such
 as an e-mail address, so the line carries no personal values.
 """
@@ -26,9 +27,12 @@ from typing import Any
 
 import structlog
 from django.conf import settings
+from django.db import transaction
 
 from event_log import clickhouse, sql
 from event_log.conf import event_log_settings
+from event_log.events import EventLogSearched
+from event_log.publisher import publish
 from event_log.query import DEFAULT_TIMEOUT, query_event_log
 
 logger = structlog.get_logger(__name__)
@@ -246,7 +250,10 @@ def search_events(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> SearchPage:
     """One page of the events matching ``filters``, newest first, logged as
-    ``event_log_searched`` with ``searcher`` (``user:<id>`` or ``command:<name>``).
+    ``event_log_searched`` with ``searcher`` (``user:<id>`` or ``command:<name>``) and
+    published as an :class:`~event_log.events.EventLogSearched` event, so the read
+    enters the audit trail too. The page is returned only once that event is in the
+    outbox: a search that cannot be recorded is not answered.
 
     Raises :class:`SearchInputError` (nothing sent) and
     :class:`event_log.clickhouse.ClickHouseError` (also ``EngineBusyError``).
@@ -255,6 +262,20 @@ def search_events(
     result = query_event_log(statement, limit=limit + 1, url=reader_url(), timeout=timeout)
     rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
     events = [_found(row) for row in rows[:limit]]
+    with transaction.atomic():
+        publish(
+            EventLogSearched(
+                searcher=searcher,
+                event_types=list(filters.event_types),
+                subject_filter=str(filters.subject) if filters.subject else None,
+                actor_filter=str(filters.actor) if filters.actor else None,
+                request_id_filter=filters.request_id,
+                since=filters.since,
+                until=filters.until,
+                output=output,
+                events_found=len(events),
+            )
+        )
     logger.info(
         "event_log_searched",
         searcher=searcher,

@@ -18,6 +18,7 @@ from django.core.management import CommandError, call_command
 from structlog.testing import capture_logs
 
 from event_log import clickhouse
+from event_log.models import OutboxEvent
 from event_log.search import (
     Ref,
     SearchInputError,
@@ -240,6 +241,24 @@ def test_every_search_is_logged_with_who_and_the_filters(story):
     assert searched["output"] == "json"
 
 
+@pytest.mark.django_db
+def test_every_search_is_published_as_an_event_with_who_and_the_filters(story):
+    run_search("--actor", "user:7", "--type", "user_created", "--since", "2026-11-30T06:00Z")
+
+    [row] = OutboxEvent.objects.filter(event_type="event_log_searched")
+    assert json.loads(row.event_context) == {
+        "searcher": "command:event_log_search",
+        "event_types": ["user_created"],
+        "subject_filter": None,
+        "actor_filter": "user:7",
+        "request_id_filter": None,
+        "since": "2026-11-30T06:00:00Z",
+        "until": None,
+        "output": "json",
+        "events_found": 2,
+    }
+
+
 # -- parsing -------------------------------------------------------------------------
 
 
@@ -294,6 +313,7 @@ def test_staff_without_the_permission_get_403_and_no_search(client, story):
 
     assert response.status_code == 403
     assert [log for log in logs if log["event"] == "event_log_searched"] == []
+    assert not OutboxEvent.objects.filter(event_type="event_log_searched").exists()
     assert client.get(PAGE, {"subject": "user:42", "format": "csv"}).status_code == 403
 
 
@@ -321,6 +341,8 @@ def test_staff_with_the_permission_search_and_see_pretty_printed_context(client,
     [searched] = [log for log in logs if log["event"] == "event_log_searched"]
     assert searched["searcher"] == f"user:{user.pk}"
     assert searched["filters"] == {"subject": "user:42"}
+    [published] = OutboxEvent.objects.filter(event_type="event_log_searched")
+    assert json.loads(published.event_context)["searcher"] == f"user:{user.pk}"
 
 
 @pytest.mark.django_db
