@@ -67,19 +67,25 @@ class SearchForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if self.errors:
-            return data
-        try:
-            data["filters"] = parse_filters(
-                event_types=[data["type"]] if data.get("type") else [],
-                subject=data.get("subject") or None,
-                actor=data.get("actor") or None,
-                request_id=data.get("request_id") or None,
-                since=data.get("since") or None,
-                until=data.get("until") or None,
-            )
-        except SearchInputError as exc:
-            self.add_error(exc.field if exc.field in self.fields else None, exc.reason)
+        given: dict[str, Any] = {
+            "event_types": [data["type"]] if data.get("type") else [],
+            **{
+                name: data.get(name) or None
+                for name in ("subject", "actor", "request_id", "since", "until")
+            },
+        }
+        # Each filter alone first, so that every field with a mistake shows its own.
+        for name, value in given.items():
+            if value:
+                try:
+                    parse_filters(**{name: value})
+                except SearchInputError as exc:
+                    self.add_error(exc.field if exc.field in self.fields else None, exc.reason)
+        if not self.errors:
+            try:
+                data["filters"] = parse_filters(**given)
+            except SearchInputError as exc:
+                self.add_error(exc.field if exc.field in self.fields else None, exc.reason)
         return data
 
 

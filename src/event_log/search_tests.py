@@ -232,11 +232,11 @@ def test_the_command_exits_with_2_for_bad_input_in_a_process_of_its_own(manage):
 @pytest.mark.django_db
 def test_every_search_is_logged_with_who_and_the_filters(story):
     with capture_logs() as logs:
-        run_search("--subject", "user:42", "--since", "2026-11-30T06:00Z")
+        run_search("--subject", "user:42", "--since", "2026-11-30T08:00Z")
 
     [searched] = [log for log in logs if log["event"] == "event_log_searched"]
     assert searched["searcher"] == "command:event_log_search"
-    assert searched["filters"] == {"subject": "user:42", "since": "2026-11-30T06:00:00+00:00"}
+    assert searched["filters"] == {"subject": "user:42", "since": "2026-11-30T08:00:00+00:00"}
     assert searched["events"] == 1
     assert searched["output"] == "json"
 
@@ -255,7 +255,7 @@ def test_every_search_is_published_as_an_event_with_who_and_the_filters(story):
         "since": "2026-11-30T06:00:00Z",
         "until": None,
         "output": "json",
-        "events_found": 2,
+        "events_found": 3,
     }
 
 
@@ -393,6 +393,7 @@ def test_bad_filters_in_the_admin_answer_400_with_the_field_error(client, story)
     assert response.status_code == 400
     form = response.context["form"]
     assert "is not a reference" in form.errors["subject"][0]
+    assert "is neither a duration" in form.errors["since"][0]
     assert response.context["events"] == []
     assert [log for log in logs if log["event"] == "event_log_searched"] == []
 
