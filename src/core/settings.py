@@ -244,9 +244,7 @@ DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST
 CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")
 # Searches (event_log_search, the admin's "Event log" page) read ClickHouse as this
 # user, read-only on a server; empty: as CLICKHOUSE_URL.
-CLICKHOUSE_READER_URL = (
-    env.clickhouse_url("CLICKHOUSE_READER_URL") if env.optional("CLICKHOUSE_READER_URL") else ""
-)
+CLICKHOUSE_READER_URL = env.clickhouse_url("CLICKHOUSE_READER_URL", default="")
 
 # The event log (see event_log.conf for the meaning of each knob).
 EVENT_LOG_RELAY_INTERVAL = env.number("EVENT_LOG_RELAY_INTERVAL", default=2.0, minimum=0.1)
