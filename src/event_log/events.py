@@ -45,6 +45,8 @@ from pydantic import BaseModel, ConfigDict
 EVENT_TYPE_MAX_LENGTH = 255
 ENVIRONMENT_MAX_LENGTH = 64
 METADATA_VERSION_MAX = 2**63 - 1  # bigint; ClickHouse's UInt64 holds more
+SUBJECT_TYPE_MAX_LENGTH = 64
+SUBJECT_ID_MAX_LENGTH = 255
 
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z\d])([A-Z])")
@@ -114,11 +116,28 @@ class Event(BaseModel):
             raise EventDefinitionError(
                 f"{cls.__name__}.subject must be (kind, field) naming one of its fields"
             )
+        if subject is not None and (
+            not isinstance(subject[0], str)
+            or not 0 < len(subject[0]) <= SUBJECT_TYPE_MAX_LENGTH
+            or "\x00" in subject[0]
+        ):
+            raise EventDefinitionError(
+                f"{cls.__name__}.subject's kind must be 1 to {SUBJECT_TYPE_MAX_LENGTH} "
+                "characters without NUL"
+            )
         if personal_fields(cls) and subject is None:
             raise EventDefinitionError(
                 f"{cls.__name__} has personal fields but no subject: declare "
                 'subject = ("<kind>", "<id field>") so its data can be erased'
             )
+
+    def subject_key(self) -> tuple[str, str]:
+        """``(kind, id)`` of the subject this event is about (the envelope's
+        ``subject_type`` and ``subject_id``), or ``("", "")`` for an event about none."""
+        if self.subject is None:
+            return ("", "")
+        kind, field = self.subject
+        return (kind, str(getattr(self, field)))
 
     def subject_ref(self) -> str | None:
         """``"<kind>:<id>"`` of the subject this event is about, or None."""
