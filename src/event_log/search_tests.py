@@ -8,17 +8,19 @@ import csv
 import io
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
 from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from structlog.testing import capture_logs
 
-from event_log import clickhouse
+from event_log import clickhouse, sql
+from event_log.envelope import Actor, acting_as
 from event_log.models import OutboxEvent
+from event_log.relay import run_relay
 from event_log.search import (
     Ref,
     SearchInputError,
@@ -28,25 +30,9 @@ from event_log.search import (
     search_statement,
 )
 from users.models import User
+from users.use_cases import CreateUser, CreateUserRequest
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-ENVELOPE = ("actor_type", "actor_id", "subject_type", "subject_id", "request_id", "traceparent")
-COLUMNS = (
-    "event_id",
-    "event_type",
-    "event_date_time",
-    "environment",
-    "event_context",
-    "metadata_version",
-    *ENVELOPE,
-)
-
-
-@dataclass(frozen=True)
-class Stored:
-    name: str
-    event_id: uuid.UUID
-    at: datetime
 
 
 def insert_events(ch: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -56,24 +42,25 @@ def insert_events(ch: Any, rows: list[dict[str, Any]]) -> dict[str, str]:
     for row in rows:
         event_id = uuid.uuid4()
         ids[row["name"]] = str(event_id)
-        actor = row.get("actor", "")
-        subject = row.get("subject", "")
-        data.append(
-            [
-                event_id,
-                row.get("type", "user_created"),
-                row["at"],
-                "test",
-                json.dumps(row.get("context", {"note": row["name"]})),
-                1,
-                *(actor.partition(":")[0], actor.partition(":")[2]),
-                *(subject.partition(":")[0], subject.partition(":")[2]),
-                row.get("request", ""),
-                "",
-            ]
-        )
+        actor_type, _, actor_id = row.get("actor", "").partition(":")
+        subject_type, _, subject_id = row.get("subject", "").partition(":")
+        values = {
+            "event_id": event_id,
+            "event_type": row.get("type", "user_created"),
+            "event_date_time": row["at"],
+            "environment": "test",
+            "event_context": json.dumps(row.get("context", {"note": row["name"]})),
+            "metadata_version": 1,
+            "actor_type": actor_type,
+            "actor_id": actor_id,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "request_id": row.get("request", ""),
+            "traceparent": "",
+        }
+        data.append([values[name] for name in sql.CLICKHOUSE_COLUMNS])
     with clickhouse.client(ch.url) as client:
-        client.insert(ch.table, data, column_names=list(COLUMNS))
+        client.insert(ch.table, data, column_names=list(sql.CLICKHOUSE_COLUMNS))
     return ids
 
 
@@ -161,6 +148,35 @@ def test_results_are_newest_first_and_paged_without_gaps_or_repeats(story):
 def test_a_quote_in_a_filter_is_a_value_not_sql(story):
     assert found_ids(subject="user:42' OR '1'='1") == set()
     assert found_ids(request_id="req-1\\' OR 1=1 --") == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_published_and_relayed_events_are_found_by_their_envelope(ch):
+    """The whole way: publish() fills the envelope, the relay delivers it, the search
+    finds each event by subject, request and actor."""
+    created = {}
+    for number, request_id in ((1, "req-a"), (2, "req-a"), (3, "req-b")):
+        with (
+            acting_as(Actor("user", "7") if number < 3 else Actor("user", "8")),
+            structlog.contextvars.bound_contextvars(request_id=request_id),
+        ):
+            response = CreateUser().execute(
+                CreateUserRequest(email=f"u{number}@example.com", first_name="U", last_name="N")
+            )
+        created[number] = response.user.id
+    outbox = {
+        json.loads(row.event_context)["user_id"]: str(row.event_id)
+        for row in OutboxEvent.objects.filter(event_type="user_created")
+    }
+    assert run_relay().delivered == 3
+
+    def ids(**filters: Any) -> set[str]:
+        page = search_events(parse_filters(**filters), searcher="test", limit=100)
+        return {event.event_id for event in page.events if event.event_type == "user_created"}
+
+    assert ids(subject=f"user:{created[2]}") == {outbox[created[2]]}
+    assert ids(request_id="req-a") == {outbox[created[1]], outbox[created[2]]}
+    assert ids(actor="user:8") == {outbox[created[3]]}
 
 
 # -- the command ---------------------------------------------------------------------
