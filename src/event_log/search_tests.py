@@ -262,6 +262,7 @@ def test_every_search_is_published_as_an_event_with_who_and_the_filters(story):
     run_search("--actor", "user:7", "--type", "user_created", "--since", "2026-11-30T06:00Z")
 
     [row] = OutboxEvent.objects.filter(event_type="event_log_searched")
+    assert (row.actor_type, row.actor_id) == ("command", "event_log_search")
     assert json.loads(row.event_context) == {
         "searcher": "command:event_log_search",
         "event_types": ["user_created"],

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
+from event_log.envelope import CommandActorMixin
 from event_log.query import DEFAULT_TIMEOUT
 from event_log.search import (
     SearchInputError,
@@ -19,7 +20,7 @@ from event_log.search import (
 COLUMNS = ("event_date_time", "event_type", "event_id", "actor", "subject", "request_id")
 
 
-class Command(BaseCommand):
+class Command(CommandActorMixin, BaseCommand):
     help = (
         "Search the event log in ClickHouse, newest first: what happened to a subject "
         "(--subject user:42), what a request did (--request-id), what an actor did "
