@@ -176,6 +176,25 @@ def test_event_log_query_answers_while_a_worker_holds_the_engine(
 
 
 @pytest.mark.slow
+def test_event_log_search_answers_while_a_worker_holds_the_engine(
+    worker_holding_the_engine, ch, manage
+):
+    published = worker_holding_the_engine
+
+    done = manage("event_log_search", "--type", "ping", "--actor", "system", "--json",
+                  "--limit", "1000")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    ids = [event["event_id"] for event in answer["events"]]
+    assert set(ids) == {str(i) for i in published}
+    assert len(ids) == len(published)
+    assert answer["more"] is False
+    searched = OutboxEvent.objects.get(event_type="event_log_searched")
+    assert (searched.actor_type, searched.actor_id) == ("command", "event_log_search")
+
+
+@pytest.mark.slow
 def test_event_log_status_reports_clickhouse_while_a_worker_holds_the_engine(
     worker_holding_the_engine, manage
 ):
