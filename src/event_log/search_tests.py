@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -360,6 +361,18 @@ def test_staff_with_the_permission_search_and_see_pretty_printed_context(client,
     assert searched["filters"] == {"subject": "user:42"}
     [published] = OutboxEvent.objects.filter(event_type="event_log_searched")
     assert json.loads(published.event_context)["searcher"] == f"user:{user.pk}"
+
+
+@pytest.mark.django_db
+def test_the_page_needs_nothing_the_content_security_policy_forbids(client, story):
+    client.force_login(staff(permitted=True))
+
+    html = client.get(PAGE, {"subject": "user:42"}).content.decode()
+
+    assert "42 created" in html
+    scripts = re.findall(r"<script\b([^>]*)>", html)
+    assert [attrs for attrs in scripts if "src=" not in attrs] == []
+    assert not re.search(r"<style\b|\sstyle=\"", html)
 
 
 @pytest.mark.django_db
