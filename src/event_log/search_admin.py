@@ -52,17 +52,19 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 class SearchForm(forms.Form):
     type = forms.CharField(
         required=False,
-        label="event type",
+        label="Event type",
         max_length=255,
         widget=forms.TextInput(attrs={"list": "event-types"}),
     )
     since = forms.CharField(
         required=False, max_length=64, help_text="2h, 7d, 2026-11-30 or 2026-11-30T08:00Z"
     )
-    until = forms.CharField(required=False, max_length=64, help_text="before this time")
+    until = forms.CharField(
+        required=False, max_length=64, help_text="before this time (same forms as since)"
+    )
     subject = forms.CharField(required=False, max_length=320, help_text="kind:id, e.g. user:42")
     actor = forms.CharField(required=False, max_length=320, help_text="user:7, or a kind: system")
-    request_id = forms.CharField(required=False, max_length=128, label="request id")
+    request_id = forms.CharField(required=False, max_length=128, label="Request id")
     page = forms.IntegerField(required=False, min_value=1, max_value=MAX_OFFSET // PAGE_SIZE)
 
     def clean(self) -> dict[str, Any]:
