@@ -186,12 +186,22 @@ def task_queued(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def task_started(task: Any = None, **_: Any) -> None:
-    """``task_prerun``: the actor that queued the task, else ``task``/<its name>."""
+    """``task_prerun``: the actor that queued the task, else ``task``/<its name>.
+
+    A task run eagerly (``apply()``, ``CELERY_TASK_ALWAYS_EAGER``) runs inside the
+    code that called it and keeps that code's actor, if it has one.
+    """
     if task is None:
         return
-    queued_by = getattr(task.request, ACTOR_HEADER, None)
-    actor = Actor.parse(queued_by) if queued_by else Actor("task", str(task.name))
-    task.request.event_log_actor_token = bind_actor(actor)
+    request = task.request
+    queued_by = getattr(request, ACTOR_HEADER, None) or (request.headers or {}).get(ACTOR_HEADER)
+    if queued_by:
+        actor = Actor.parse(str(queued_by))
+    elif request.is_eager and _actor.get() is not None:
+        return
+    else:
+        actor = Actor("task", str(task.name))
+    request.event_log_actor_token = bind_actor(actor)
 
 
 def task_finished(task: Any = None, **_: Any) -> None:

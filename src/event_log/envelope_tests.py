@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-import pytest
-from django.db import connection
-from django.db.migrations.executor import MigrationExecutor
+import re
+import uuid
 
-from conftest import insert_outbox_rows
-from event_log import sql
+import pytest
+import sentry_sdk
+import structlog
+from celery import shared_task
+from django.contrib.auth.models import AnonymousUser
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.utils.functional import SimpleLazyObject
+
+from conftest import Ping, insert_outbox_rows
+from event_log import Event, envelope, publish, sql
+from event_log.dead_letters import dead_letters_replay
+from event_log.envelope import SYSTEM, Actor, acting_as, current_actor, request_actor, task_queued
 from event_log.models import DeadLetter, OutboxEvent
+from event_log.publisher import InvalidEventError
+from event_log.relay import run_relay
+from users.events import UserCreated
+from users.models import User
 
 BEFORE_ENVELOPE = [("event_log", "0003_relay_control")]
 
@@ -59,3 +74,169 @@ def test_the_envelope_migration_keeps_every_row_and_rewrites_no_table():
     assert {row[0] for row in outbox} == pending and len(outbox) == len(pending)
     assert {row[0] for row in letters} == dead and len(letters) == len(dead)
     assert {row[1:] for row in outbox + letters} == {("",) * len(sql.ENVELOPE_COLUMNS)}
+
+
+# -- every origin: the outbox row and the ClickHouse row carry the envelope ---------------
+
+PHRASE = "a-long-enough-Passw0rd"
+
+
+def envelopes_in_clickhouse(ch) -> dict[uuid.UUID, tuple[str, ...]]:
+    columns = ", ".join(sql.ENVELOPE_COLUMNS)
+    return {
+        row[0]: tuple(row[1:]) for row in ch.query(f"SELECT event_id, {columns} FROM {ch.table}")
+    }
+
+
+def deliver_and_compare(ch) -> dict[uuid.UUID, tuple[str, ...]]:
+    """Deliver the outbox; assert ClickHouse holds exactly its rows, envelopes unchanged."""
+    outbox = {
+        row[0]: tuple(row[1:])
+        for row in OutboxEvent.objects.values_list("event_id", *sql.ENVELOPE_COLUMNS)
+    }
+    run_relay()
+    assert envelopes_in_clickhouse(ch) == outbox
+    return outbox
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_api_call_s_event_names_the_api_client_the_user_and_the_request(client, ch, settings):
+    settings.DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+    response = client.post(
+        "/api/users",
+        {"email": "ada@example.com"},
+        content_type="application/json",
+        HTTP_X_REQUEST_ID="req-api-1",
+    )
+
+    assert response.status_code == 201
+    user_id = str(response.json()["id"])
+    [envelope] = deliver_and_compare(ch).values()
+    assert envelope == ("api_client", "", "user", user_id, "req-api-1", "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_added_in_the_admin_names_the_staff_member_who_added_it(admin_client, ch):
+    staff = User.objects.get()
+    response = admin_client.post(
+        "/admin/users/user/add/",
+        {"email": "added@example.com", "password1": PHRASE, "password2": PHRASE},
+    )
+
+    assert response.status_code == 302
+    added = User.objects.get(email="added@example.com")
+    [(actor_type, actor_id, subject_type, subject_id, request_id, traceparent)] = (
+        deliver_and_compare(ch).values()
+    )
+    assert (actor_type, actor_id) == ("user", str(staff.pk))
+    assert (subject_type, subject_id) == ("user", str(added.pk))
+    assert request_id == response["X-Request-ID"] != ""
+    assert traceparent == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_management_command_s_event_names_the_command(ch, monkeypatch):
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", PHRASE)
+    call_command(
+        "createsuperuser",
+        "--noinput",
+        email="root@example.com",
+        first_name="Grace",
+        last_name="Hopper",
+        verbosity=0,
+    )
+
+    root = User.objects.get()
+    [envelope] = deliver_and_compare(ch).values()
+    assert envelope == ("command", "createsuperuser", "user", str(root.pk), "", "")
+
+
+@shared_task(name="event_log.envelope_tests.publish_ping")
+def publish_ping(n: int) -> None:
+    with transaction.atomic():
+        publish(Ping(n=n))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_task_s_event_names_the_task_or_whoever_queued_it(ch):
+    publish_ping.apply(kwargs={"n": 1})  # queued by nobody (Beat, a worker's own)
+    headers: dict[str, str] = {}
+    with (
+        acting_as(Actor("user", "42")),
+        structlog.contextvars.bound_contextvars(request_id="req-task-1"),
+    ):
+        task_queued(headers=headers)  # what before_task_publish does for apply_async
+    publish_ping.apply(kwargs={"n": 2}, headers=headers)
+
+    envelopes = deliver_and_compare(ch)
+    assert sorted(envelopes.values()) == [
+        ("task", "event_log.envelope_tests.publish_ping", "", "", "", ""),
+        ("user", "42", "", "", "", ""),
+    ]
+    assert current_actor() == SYSTEM  # the task's actor did not outlive it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_lettered_and_replayed_event_keeps_its_envelope(ch):
+    with acting_as(Actor("command", "backfill")), transaction.atomic():
+        [event_id] = publish(
+            UserCreated(user_id=7, email="x@example.com", first_name="", last_name="")
+        )
+    OutboxEvent.objects.update(event_context="not json")  # ClickHouse refuses it
+    before = set(OutboxEvent.objects.values_list(*sql.ENVELOPE_COLUMNS))
+
+    run_relay()
+    letters = set(DeadLetter.objects.values_list(*sql.ENVELOPE_COLUMNS))
+    DeadLetter.objects.update(event_context='{"user_id": 7}')
+    dead_letters_replay(ids=list(DeadLetter.objects.values_list("id", flat=True)))
+    run_relay()
+
+    assert before == letters == {("command", "backfill", "user", "7", "", "")}
+    assert envelopes_in_clickhouse(ch) == {event_id: ("command", "backfill", "user", "7", "", "")}
+
+
+# -- the envelope's parts -----------------------------------------------------------------
+
+
+def test_nothing_bound_is_the_system_acting_outside_any_request():
+    assert envelope.current() == ("system", "", "", "")
+
+
+def test_values_too_long_or_with_nul_are_fitted_to_their_columns():
+    with (
+        acting_as(Actor("t\x00ask", "x" * 400)),
+        structlog.contextvars.bound_contextvars(request_id="r" * 300),
+    ):
+        actor_type, actor_id, request_id, _ = envelope.current()
+    assert (actor_type, len(actor_id), len(request_id)) == ("task", 255, 128)
+
+
+@pytest.mark.django_db
+def test_a_subject_id_longer_than_its_column_is_refused_before_anything_is_written():
+    class LongSubject(Event):
+        subject = ("thing", "thing_id")
+        thing_id: str
+
+    with transaction.atomic(), pytest.raises(InvalidEventError, match="subject id"):
+        publish(LongSubject(thing_id="x" * 256))
+    assert not OutboxEvent.objects.exists()
+
+
+def test_a_sampled_sentry_span_gives_a_w3c_traceparent(sentry_capture):
+    with sentry_sdk.start_transaction(name="t", sampled=True) as transaction_span:
+        traceparent = envelope.current_traceparent()
+    with sentry_sdk.start_transaction(name="t", sampled=False):
+        unsampled = envelope.current_traceparent()
+
+    assert traceparent == f"00-{transaction_span.trace_id}-{transaction_span.span_id}-01"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent)
+    assert unsampled == ""
+
+
+def test_a_web_request_s_actor_is_a_user_only_once_the_request_has_loaded_it(rf):
+    request = rf.get("/")
+    request.user = SimpleLazyObject(lambda: pytest.fail("the user was loaded"))
+    assert request_actor(request) == Actor("api_client")
+
+    request.user = AnonymousUser()
+    assert request_actor(request) == Actor("api_client")

@@ -5,10 +5,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from event_log.clickhouse import ClickHouseError
+from event_log.envelope import CommandActorMixin
 from event_log.erasure import ErasureError, event_log_erase
 
 
-class Command(BaseCommand):
+class Command(CommandActorMixin, BaseCommand):
     help = (
         "Erase a subject's personal fields (e.g. --subject user:42) from the outbox, the "
         "dead letters and ClickHouse, and record the erasure as a subject_erased event."
