@@ -348,7 +348,7 @@ def test_staff_with_the_permission_search_and_see_pretty_printed_context(client,
     user = staff(permitted=True)
     client.force_login(user)
 
-    with capture_logs() as logs:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         response = client.get(PAGE, {"subject": "user:42"})
 
     assert response.status_code == 200
@@ -361,6 +361,8 @@ def test_staff_with_the_permission_search_and_see_pretty_printed_context(client,
     assert searched["filters"] == {"subject": "user:42"}
     [published] = OutboxEvent.objects.filter(event_type="event_log_searched")
     assert json.loads(published.event_context)["searcher"] == f"user:{user.pk}"
+    assert (published.actor_type, published.actor_id) == ("user", str(user.pk))
+    assert published.request_id == searched["request_id"]
 
 
 @pytest.mark.django_db
