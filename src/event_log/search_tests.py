@@ -239,6 +239,19 @@ def test_bad_input_is_a_clear_error_with_exit_code_2_and_nothing_is_searched(arg
     assert [log for log in logs if log["event"] == "event_log_searched"] == []
 
 
+def test_a_search_that_cannot_be_recorded_shows_nothing_and_exits_1(ch, manage):
+    insert_events(ch, [{"name": "42 created", "at": NOW, "subject": "user:42"}])
+
+    result = manage(
+        "event_log_search", "--subject", "user:42", "--json",
+        env={"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none"},
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "could not be recorded in the outbox" in result.stderr
+    assert result.stdout == ""
+
+
 def test_the_command_exits_with_2_for_bad_input_in_a_process_of_its_own(manage):
     result = manage("event_log_search", "--subject", "user 42")
 

@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from event_log import clickhouse
 from event_log.clickhouse import ClickHouseError
@@ -77,6 +78,11 @@ class Command(CommandActorMixin, BaseCommand):
         except ClickHouseError as exc:
             url = clickhouse.mask_url(reader_url())
             raise CommandError(f"ClickHouse at {url}: {exc}") from None
+        except DatabaseError as exc:
+            # The search is published before it is shown: no record, no answer.
+            raise CommandError(
+                f"the search could not be recorded in the outbox (PostgreSQL): {exc}"
+            ) from None
         if options["json"]:
             self.stdout.write(json.dumps(page.as_dict(), ensure_ascii=False))
         else:
