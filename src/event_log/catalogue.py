@@ -108,13 +108,20 @@ def render_catalogue() -> str:
         "it is erased with its subject (`manage.py event_log_erase`) and kept no longer",
         "than its event type's retention in ClickHouse (see docs/data-protection.md).",
         "",
+        "Each event type's fields are also a JSON Schema, one file per `metadata_version`:",
+        "`docs/events/<event_type>.v<version>.json`. `make lint` fails when an event's fields",
+        "change and its `metadata_version` does not; the files of earlier versions stay, for",
+        "the rows written under them.",
+        "",
     ]
     for entry in catalogue():
         subject = f"`{entry.subject[0]}` (id in `{entry.subject[1]}`)" if entry.subject else "none"
         lines += [
             f"## `{entry.event_type}` ({entry.name})",
             "",
-            f"metadata_version {entry.metadata_version}; subject: {subject}",
+            f"metadata_version {entry.metadata_version}; subject: {subject}; JSON Schema: "
+            f"[{entry.event_type}.v{entry.metadata_version}.json]"
+            f"(events/{entry.event_type}.v{entry.metadata_version}.json)",
             "",
             f"retention: {_retention_text(entry.retention_days)}",
             "",

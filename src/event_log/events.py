@@ -256,3 +256,19 @@ class SubjectErased(Event):
     outbox_events: int
     dead_letters: int
     clickhouse_events: int
+
+
+class EventLogSearched(Event):
+    """Someone searched the event log (``event_log_search``, the admin's "Event log"
+    page): the read itself enters the audit trail. Carries who searched and the filters
+    given (identifiers and times, never field values), not what was found."""
+
+    searcher: str
+    event_types: list[str]
+    subject_filter: str | None
+    actor_filter: str | None
+    request_id_filter: str | None
+    since: datetime | None
+    until: datetime | None
+    output: str
+    events_found: int

@@ -202,3 +202,25 @@ class RelayControl(models.Model):
 
     def __str__(self) -> str:
         return "relays paused" if self.paused else "relays running"
+
+
+class EventLogEntry(models.Model):
+    """No table: the admin's "Event log" page searches ClickHouse (event_log.search).
+
+    The model exists for the page's place in the admin and for its permission,
+    ``event_log.view_event_log``: staff without it get 403. Nothing is ever read from
+    or written to PostgreSQL through it.
+    """
+
+    event_id = models.UUIDField(primary_key=True)
+
+    class Meta:
+        managed = False
+        db_table = "event_log_clickhouse"
+        default_permissions = ()
+        permissions = [("view_event_log", "Can search the event log (ClickHouse)")]
+        verbose_name = "event log"
+        verbose_name_plural = "event log"
+
+    def __str__(self) -> str:
+        return str(self.event_id)

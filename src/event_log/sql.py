@@ -358,3 +358,18 @@ ON CONFLICT (batch_id) DO UPDATE SET
     first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
     last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
 """
+
+# event_log_search and the admin's "Event log" page (event_log.search): one page of
+# the events matching an investigator's filters, newest first. {where} is made of
+# column comparisons with quoted literals only (clickhouse.quote), never of the
+# input's text; {limit} and {offset} are checked integers. The envelope's skip indexes
+# serve the subject, request and actor filters.
+SEARCH_EVENTS = """
+SELECT event_id, event_date_time, event_type, environment, metadata_version,
+       actor_type, actor_id, subject_type, subject_id, request_id, traceparent,
+       event_context
+FROM {table}
+WHERE {where}
+ORDER BY event_date_time DESC, event_id DESC
+LIMIT {limit} OFFSET {offset}
+"""
