@@ -111,11 +111,12 @@ def apply_retention(
     table: str,
     days: int | None = None,
     overrides: Mapping[str, int] | None = None,
-) -> bool:
+) -> dict[str, str]:
     """Make the table's TTL follow ``days`` (default: ``EVENT_LOG_RETENTION_DAYS``) and
     the per-type ``overrides`` (default: the catalogue's ``retention_days``), and its
     ``ttl_only_drop_parts`` fit them (on for one retention, off for per-type rules);
-    returns True when it changed anything. Idempotent."""
+    returns what it changed ({"ttl_only_drop_parts": "1", "ttl": ...}; empty when the
+    table already was so). Idempotent."""
     if days is None:
         days = event_log_settings().RETENTION_DAYS
     if overrides is None:
@@ -123,19 +124,19 @@ def apply_retention(
     wanted = ttl_expression(days, overrides)
     drop_parts = not per_type_retention(days, overrides)
     engine = _engine_full(ch, database=database, table=table) or ""
-    changed = False
+    changed: dict[str, str] = {}
     if drops_whole_parts(engine) != drop_parts:
         ch.command(
             f"ALTER TABLE `{database}`.`{table}` "
             f"MODIFY SETTING ttl_only_drop_parts = {int(drop_parts)}"
         )
-        changed = True
+        changed["ttl_only_drop_parts"] = str(int(drop_parts))
     if not _same(ttl_of(engine), wanted):
         if wanted is None:
             ch.command(f"ALTER TABLE `{database}`.`{table}` REMOVE TTL")
         else:
             ch.command(f"ALTER TABLE `{database}`.`{table}` MODIFY TTL {wanted}")
-        changed = True
+        changed["ttl"] = wanted or "none"
     if changed:
         logger.info(
             "clickhouse_retention_set",

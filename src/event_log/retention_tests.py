@@ -25,12 +25,14 @@ def _ttl(ch) -> str | None:
 
 def _set_retention(ch, days: int, overrides: dict[str, int] | None = None) -> bool:
     with clickhouse.client(ch.url) as client:
-        return apply_retention(
-            client,
-            database=client.database or "default",
-            table=ch.table,
-            days=days,
-            overrides={} if overrides is None else overrides,
+        return bool(
+            apply_retention(
+                client,
+                database=client.database or "default",
+                table=ch.table,
+                days=days,
+                overrides={} if overrides is None else overrides,
+            )
         )
 
 
