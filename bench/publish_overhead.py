@@ -58,13 +58,14 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
     from django.conf import settings  # noqa: PLC0415
     from django.db import connection, transaction  # noqa: PLC0415
 
-    from event_log import clickhouse, publish, sql  # noqa: PLC0415
+    from event_log import clickhouse, envelope, publish, sql  # noqa: PLC0415
     from users.events import UserCreated  # noqa: PLC0415
     from users.models import User  # noqa: PLC0415
     from users.use_cases import CreateUser, CreateUserRequest  # noqa: PLC0415
 
     ch: Any = None
-    columns = list(sql.CLICKHOUSE_COLUMNS)
+    # The old way's columns: it wrote no envelope.
+    columns = [c for c in sql.CLICKHOUSE_COLUMNS if c not in sql.ENVELOPE_COLUMNS]
     table = probe.table
     run_id = uuid.uuid4().hex[:8]
     counter = iter(range(10**9))
@@ -168,6 +169,9 @@ def run(bench: BenchEnv, probe: ClickHouseProbe, *, rounds: int, warmup: int) ->
             settings.ENVIRONMENT,
             event.model_dump_json(),
             event.metadata_version,
+            *envelope.current()[:2],  # actor
+            *event.subject_key(),
+            *envelope.current()[2:],  # request id, traceparent
         ]
 
     def statement_cost(rounds_: int) -> dict[str, dict[str, float]]:

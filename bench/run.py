@@ -10,7 +10,9 @@
 5. memory — RSS of one relay process draining a large backlog;
 6. fsync — the same INSERTs into a table with fsync on insert and one without;
 7. load — the deployed service under HTTP load and a ClickHouse outage
-   (``make loadtest``, ``loadtest``).
+   (``make loadtest``, ``loadtest``);
+8. lookup — the envelope's lookups (subject, request, actor) on millions of rows,
+   with and without the skip indexes (``envelope_lookup``).
 
 The run uses databases of its own (see ``harness``), prints a table and writes
 the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import envelope_lookup
 import fsync_cost
 import harness
 import latency
@@ -41,7 +44,7 @@ import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Sizes:
     sample_every: int
     fsync_batches: int
     fsync_rows: int
+    lookup_rows: int
 
 
 FULL = Sizes(
@@ -77,6 +81,7 @@ FULL = Sizes(
     sample_every=1,
     fsync_batches=40,
     fsync_rows=5_000,
+    lookup_rows=5_000_000,
 )
 QUICK = Sizes(
     publish_rounds=200,
@@ -93,6 +98,7 @@ QUICK = Sizes(
     sample_every=1,
     fsync_batches=6,
     fsync_rows=5_000,
+    lookup_rows=500_000,
 )
 
 
@@ -250,6 +256,12 @@ def main() -> int:
             results["load"] = _timed(
                 lambda: loadtest.run(bench, probe, workdir, config=config, progress=say)
             )
+        if "lookup" in only:
+            say(
+                f"8. envelope lookups: {sizes.lookup_rows:,} events, with and without the "
+                "skip indexes"
+            )
+            results["lookup"] = _timed(lambda: _lookup(probe, rows=sizes.lookup_rows))
     finally:
         from django.db import connections  # noqa: PLC0415
 
@@ -273,6 +285,11 @@ def main() -> int:
     print(f"\nwritten: bench/results/bench-{stamp}.json and bench/results/latest.json")
     failed = [t for t in results["targets"] if t["status"] == "FAIL"]
     return 1 if failed else 0
+
+
+def _lookup(probe: harness.ClickHouseProbe, *, rows: int) -> dict[str, Any]:
+    with probe.opened():
+        return envelope_lookup.run(probe._client, rows=rows)
 
 
 def _timed(action: Any) -> dict[str, Any]:

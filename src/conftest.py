@@ -26,7 +26,7 @@ from django.db import transaction
 from sentry_sdk.transport import Transport
 
 from core.sentry import configure_sentry
-from event_log import Event, clickhouse, publish, schema
+from event_log import Event, clickhouse, publish, schema, sql
 
 SRC = Path(__file__).resolve().parent
 # Names of this test run's own Redis keys and Celery queue, so that a worker or a
@@ -207,6 +207,16 @@ def publish_pings(count: int, *, chunk: int = 5_000) -> list[uuid.UUID]:
         with transaction.atomic():
             ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
     return ids
+
+
+def tsv_line(
+    event_id: Any, event_type: str, at: Any, context: str = "{}", *, environment: str = "test"
+) -> bytes:
+    """One row as the relay sends it (TabSeparated, ``sql.CLICKHOUSE_COLUMNS``), written
+    by hand: ``metadata_version`` 1, the columns after it (the envelope) empty."""
+    fields = [str(event_id), event_type, str(at), environment, context, "1"]
+    fields += [""] * (len(sql.CLICKHOUSE_COLUMNS) - len(fields))
+    return ("\t".join(fields) + "\n").encode()
 
 
 def assert_exactly_once(ch: ClickHouseProbe, published: list[uuid.UUID]) -> None:

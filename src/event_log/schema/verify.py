@@ -50,6 +50,13 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "environment": ("LowCardinality(String)", "String"),
     "event_context": ("String",),
     "metadata_version": ("UInt64",),
+    # The envelope (migration 0004_envelope).
+    "actor_type": ("LowCardinality(String)", "String"),
+    "actor_id": ("String",),
+    "subject_type": ("LowCardinality(String)", "String"),
+    "subject_id": ("String",),
+    "request_id": ("String",),
+    "traceparent": ("String",),
 }
 # Column kinds an INSERT cannot write.
 _NOT_INSERTABLE = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
