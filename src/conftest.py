@@ -101,7 +101,10 @@ class ClickHouseProbe:
         )
 
     def truncate(self) -> None:
+        """Empty the event table and the batch chain's copy (PostgreSQL's ledger is
+        emptied with every other table between tests)."""
         self.command(f"TRUNCATE TABLE {self.table}")
+        self.command(f"TRUNCATE TABLE IF EXISTS {self.table}_batches")
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ subject (``subject = ("user", "user_id")``), in the order that leaves no copy be
    ``ALTER TABLE … UPDATE`` mutation rewriting ``event_context`` of the subject's
    rows, waited for (``mutations_sync = 2``). See docs/adr/0012-erasure-by-mutation.md.
 
-The erasure is then published as :class:`~event_log.events.SubjectErased` (counts
-and subject id only). Running it again is harmless: rows already erased are not
+The rewritten rows' new digests are then appended to the batch chain as an
+``erasure`` entry (event_log.chain), so ``event_log_verify`` expects the erased text,
+and the erasure is published as :class:`~event_log.events.SubjectErased` (counts
+and subject id only), in the same transaction. Running it again is harmless: rows already erased are not
 rewritten.
 """
 
@@ -24,15 +26,16 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
-from event_log import clickhouse, publish
+from event_log import chain, clickhouse, publish, sql
 from event_log.catalogue import event_classes
 from event_log.conf import event_log_settings
 from event_log.events import SubjectErased, personal_fields
@@ -190,10 +193,14 @@ def _chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str,
         yield items[start : start + size]
 
 
-def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> int:
+def _erase_clickhouse(
+    types: list[SubjectEvents], subject_id: str
+) -> list[tuple[uuid.UUID, bytes]]:
+    """Rewrite the subject's rows in ClickHouse; returns each rewritten row's event id
+    and new digest (as event_log.chain computes it), read back after the mutation."""
     table = event_log_settings().CLICKHOUSE_TABLE
     raw_ids = [clickhouse.quote(subject_id), clickhouse.quote(json.dumps(subject_id))]
-    erased = 0
+    erased: list[tuple[uuid.UUID, bytes]] = []
     with clickhouse.client() as ch:
         for kind in types:
             rows = clickhouse.query_rows(
@@ -222,7 +229,15 @@ def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> int:
                     )
                 except Exception as exc:
                     raise clickhouse.ClickHouseError.from_exception(exc) from exc
-                erased += len(chunk)
+                erased += [
+                    (event_id, bytes.fromhex(digest))
+                    for event_id, digest in clickhouse.query_rows(
+                        ch,
+                        f"SELECT event_id, {sql.row_digest_sql()} FROM {table} "  # noqa: S608
+                        f"WHERE event_type = {clickhouse.quote(kind.event_type)} "
+                        f"AND toString(event_id) IN ({ids})",
+                    )
+                ]
     return erased
 
 
@@ -248,8 +263,22 @@ def event_log_erase(*, subject: str, wait_for_in_flight: float | None = None) ->
         config = event_log_settings()
         wait_for_in_flight = config.LEASE_SECONDS + config.INSERT_TIMEOUT
     _wait_for_batches(leases, timeout=wait_for_in_flight)
-    report.clickhouse_events = _erase_clickhouse(types, subject_id)
+    rewritten = _erase_clickhouse(types, subject_id)
+    report.clickhouse_events = len({event_id for event_id, _ in rewritten})
     with transaction.atomic():
+        if rewritten:
+            # The rows' new digests, as an entry of the batch chain: the verification
+            # then expects them (the ClickHouse copy gets it at the next verification).
+            with connection.cursor() as cur:
+                chain.append(
+                    cur,
+                    chain.PendingEntry(
+                        kind=chain.ERASURE,
+                        batch_id=None,
+                        rows=len(dict(rewritten)),
+                        row_digests=chain.pack(dict(rewritten).items()),
+                    ),
+                )
         publish(
             SubjectErased(
                 subject_kind=kind,

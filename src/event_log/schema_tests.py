@@ -120,7 +120,8 @@ def test_fsync_migration_turns_fsync_on_in_a_database_migrated_before_it(client)
     client.command(f"CREATE DATABASE `{database}`")
     try:
         first = ddl.migration_files()[0]
-        client.command(ddl.render(first, database=database, table="event_log"))
+        for statement in ddl.render(first, database=database, table="event_log"):
+            client.command(statement)
         client.command(
             f"CREATE TABLE `{database}`.schema_migrations (version String, applied_at "
             "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"

@@ -14,6 +14,10 @@ CLICKHOUSE_COLUMNS = (
     "event_context",
     "metadata_version",
 )
+# What the relay inserts: those columns, then the batch each row travelled in (the key
+# of its entry in the batch chain, event_log.chain). Batch digests cover
+# CLICKHOUSE_COLUMNS; the batch id is checked against the chain's entry.
+RELAY_COLUMNS = (*CLICKHOUSE_COLUMNS, "batch_id")
 
 # publish(): one multi-row INSERT (measured cheaper than unnesting arrays, above all
 # for the common single event).
@@ -88,7 +92,7 @@ WHERE id = (
 RETURNING id, attempts, first_id, last_id
 """
 
-# A batch's rows, found on the primary key by id range. Always in id order, so
+# A batch's rows (RELAY_COLUMNS), found on the primary key by id range. Always in id order, so
 # every attempt sends the same block. The time is formatted here, in UTC, so that
 # no session setting (DateStyle, TimeZone) changes the text ClickHouse reads. A time
 # before year 1 goes as NULL, which ClickHouse refuses (INSERT_SETTINGS): to_char
@@ -101,7 +105,8 @@ COPY (
                THEN to_char(event_date_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') END,
            environment,
            event_context,
-           metadata_version
+           metadata_version,
+           batch_id
     FROM event_log_outbox
     WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id} {only}
     ORDER BY id
@@ -324,4 +329,101 @@ ON CONFLICT (batch_id) DO UPDATE SET
     rows = event_log_delivery.rows + EXCLUDED.rows,
     first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
     last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
+"""
+
+# -- the batch chain (event_log.chain) -------------------------------------------------
+
+# Append one entry, in the transaction that finishes (or dead-letters, replays, erases)
+# what it records. The head row is the chain's one serialisation point: its lock is held
+# from here to the commit, so entries get consecutive positions in one total order
+# whichever relay appends them. The link is computed here, from the head's digest as it
+# is once locked: digest = sha256(previous digest || position (8 bytes) || entry digest).
+# A missing head row is the genesis (position 0, all-zero digest).
+APPEND_CHAIN_ENTRY = """
+WITH head AS (
+    INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
+    VALUES (1, 1, %(genesis)s, sha256(%(genesis)s || int8send(1) || %(entry_digest)s), now())
+    ON CONFLICT (id) DO UPDATE SET
+        position = h.position + 1,
+        prev_digest = h.digest,
+        digest = sha256(h.digest || int8send(h.position + 1) || %(entry_digest)s)
+    RETURNING position, prev_digest, digest
+)
+INSERT INTO event_log_chain
+    (position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
+     row_digests, entry_digest, prev_digest, digest)
+SELECT position, %(batch_id)s, %(kind)s, now(), %(rows)s,
+       %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
+       %(row_digests)s, %(entry_digest)s, prev_digest, digest
+FROM head
+RETURNING position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
+          row_digests, entry_digest, prev_digest, digest
+"""
+
+CHAIN_ENTRY_COLUMNS = """
+position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at, row_digests,
+entry_digest, prev_digest, digest
+"""
+CHAIN_ENTRIES_RECORDED = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE recorded_at >= %(since)s AND recorded_at < %(until)s
+ORDER BY position
+"""  # noqa: S608 (column names only)
+CHAIN_ENTRY_AT = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain WHERE position = %(position)s
+"""  # noqa: S608 (column names only)
+CHAIN_LAST_ENTRY = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain ORDER BY position DESC LIMIT 1
+"""  # noqa: S608 (column names only)
+CHAIN_ENTRIES_AFTER = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE position > %(position)s ORDER BY position LIMIT %(limit)s
+"""  # noqa: S608 (column names only)
+# Erasures change the digests of rows delivered before them: those from the window's
+# first entry on apply to the window's rows.
+CHAIN_ERASURES_FROM = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE kind = 'erasure' AND position >= %(position)s ORDER BY position
+"""  # noqa: S608 (column names only)
+# Rows ClickHouse holds under batches outside the window: their entries, to tell a row
+# delivered earlier from a forged one.
+CHAIN_DELIVERIES_OF_BATCHES = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE kind = 'delivery' AND batch_id = ANY(%(batch_ids)s::uuid[])
+"""  # noqa: S608 (column names only)
+CHAIN_HEAD = "SELECT position, digest, started_at FROM event_log_chain_head WHERE id = 1"
+
+
+def row_digest_sql(columns: tuple[str, ...] = CLICKHOUSE_COLUMNS) -> str:
+    """ClickHouse's expression for a row's digest, as event_log.chain computes it from the
+    text the relay sends: SHA-256 of the columns' text (``toString``) joined by tabs, with
+    backslash, tab and newline escaped and NULL as ``\\N``; in hexadecimal."""
+    fields = [
+        f"ifNull(replaceAll(replaceAll(replaceAll(toString(`{column}`), '\\\\', '\\\\\\\\'), "
+        f"'\\t', '\\\\t'), '\\n', '\\\\n'), '\\\\N')"
+        for column in columns
+    ]
+    return f"hex(SHA256(concat({", '\\t', ".join(fields)})))"
+
+
+# The rows of an event-time window with their batch and digest (event_log.verify).
+CLICKHOUSE_ROW_DIGESTS = """
+SELECT event_id, batch_id, event_date_time, {digest} FROM {table} WHERE {where}
+"""
+# The ClickHouse copy of the ledger (EVENT_LOG_CLICKHOUSE_TABLE + "_batches").
+CHAIN_COPY_COLUMNS = (
+    "position",
+    "batch_id",
+    "kind",
+    "recorded_at",
+    "rows",
+    "first_event_at",
+    "last_event_at",
+    "row_digests",
+    "entry_digest",
+    "prev_digest",
+    "digest",
+)
+CHAIN_COPY_DIGESTS = """
+SELECT position, digest FROM {table} WHERE position BETWEEN {first:d} AND {last:d}
 """

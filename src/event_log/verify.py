@@ -14,6 +14,22 @@ ClickHouse is read by event time: each group of records is looked up over the
 event-time spans of its batches, which the table's monthly partitions and sorting
 key (event type, event time) narrow. Memory follows the ids of one group
 (:data:`GROUP_EVENTS`).
+
+:func:`verify_chain` then walks the batch chain (event_log.chain) over the entries
+recorded in the window and reports, with batch ids:
+
+- **missing** rows (an entry's row ClickHouse lacks; a batch whose events are all
+  older than ``EVENT_LOG_RETENTION_DAYS`` is counted as *expired* instead);
+- **altered** rows (held, but their digest, or their ``batch_id``, is not the
+  entry's, nor that of a later erasure);
+- **extra** rows (in the spans looked at, but in no entry of their batch);
+- **duplicated** event ids;
+- a **broken chain**: an entry whose digest does not follow from the previous one and
+  its own rows (rewritten), a gap in the positions, a head that is not the last
+  entry, or a ClickHouse copy that disagrees with PostgreSQL's ledger. Entries the
+  copy lacks (the relay's copy failed) are written to it on the way.
+
+:func:`verify_log` runs both; ``manage.py event_log_verify`` and the Beat task call it.
 """
 
 from __future__ import annotations
@@ -29,7 +45,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from django.db import connection
 
-from event_log import clickhouse
+from event_log import chain, clickhouse, sql
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import Delivery, Verification
@@ -78,10 +94,28 @@ class VerifyReport:
     events: int = 0
     duplicated: dict[uuid.UUID, int] = field(default_factory=dict)  # id -> copies
     missing: set[uuid.UUID] = field(default_factory=set)
+    # The batch chain's findings: event id -> the batch it belongs (or claims) to.
+    altered: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    extra: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    missing_batches: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+    chain: ChainReport | None = None
 
     @property
     def clean(self) -> bool:
-        return not self.duplicated and not self.missing
+        return not (
+            self.duplicated
+            or self.missing
+            or self.altered
+            or self.extra
+            or (self.chain is not None and self.chain.breaks)
+        )
+
+    @property
+    def failures(self) -> int:
+        breaks = len(self.chain.breaks) if self.chain is not None else 0
+        return (
+            len(self.duplicated) + len(self.missing) + len(self.altered) + len(self.extra) + breaks
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +126,53 @@ class VerifyReport:
             "clean": self.clean,
             "duplicated": {str(k): v for k, v in sorted(self.duplicated.items())},
             "missing": sorted(str(event_id) for event_id in self.missing),
+            "altered": {str(k): str(v) for k, v in sorted(self.altered.items())},
+            "extra": {str(k): str(v) for k, v in sorted(self.extra.items())},
+            "missing_batches": {str(k): str(v) for k, v in sorted(self.missing_batches.items())},
+            "chain": self.chain.as_dict() if self.chain is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """Where the chain does not hold: the entry's position, its batch and what is wrong."""
+
+    position: int
+    batch_id: uuid.UUID | None
+    problem: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "batch_id": str(self.batch_id) if self.batch_id else None,
+            "problem": self.problem,
+        }
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """What the walk over the chain's entries of the window saw."""
+
+    entries: int = 0
+    first_position: int | None = None
+    last_position: int | None = None
+    head_position: int = 0
+    head_digest: str = chain.GENESIS.hex()
+    expired_batches: int = 0
+    unchained_rows: int = 0  # rows older than the chain, with no batch id
+    copied: int = 0  # entries written to ClickHouse's copy by this run
+    breaks: list[ChainBreak] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "head": {"position": self.head_position, "digest": self.head_digest},
+            "expired_batches": self.expired_batches,
+            "unchained_rows": self.unchained_rows,
+            "copied": self.copied,
+            "breaks": [b.as_dict() for b in self.breaks],
         }
 
 
@@ -138,6 +219,274 @@ def verify_deliveries(
         raise ClickHouseError.from_exception(exc) from exc
     report.duplicated.update({row[0]: int(row[1]) for row in rows})
     return report
+
+
+def verify_log(
+    *, since: datetime, until: datetime | None = None, url: str | None = None
+) -> VerifyReport:
+    """The delivery records' check, then the batch chain's (one report). Raises
+    :class:`ClickHouseError` when ClickHouse cannot be read."""
+    report = verify_deliveries(since=since, until=until, url=url)
+    try:
+        with clickhouse.client(url) as ch:
+            verify_chain(ch, report)
+    except ClickHouseError:
+        raise
+    except Exception as exc:
+        raise ClickHouseError.from_exception(exc) from exc
+    return report
+
+
+def chain_head() -> dict[str, Any]:
+    """The chain's head, to keep outside both databases (``event_log_verify --head``)."""
+    with connection.cursor() as cur:
+        cur.execute(sql.CHAIN_HEAD)
+        row = cur.fetchone()
+    if row is None:
+        return {"position": 0, "digest": chain.GENESIS.hex(), "started_at": None}
+    position, digest, started_at = row
+    return {
+        "position": int(position),
+        "digest": bytes(digest).hex(),
+        "started_at": started_at.isoformat(),
+    }
+
+
+def _fetch_entries(statement: str, parameters: dict[str, Any]) -> list[chain.Entry]:
+    with connection.cursor() as cur:
+        cur.execute(statement, parameters)
+        return [chain.Entry.from_row(row) for row in cur.fetchall()]
+
+
+def verify_chain(ch: Client, report: VerifyReport) -> ChainReport:
+    """Walk the chain's entries recorded in the report's window and check the rows
+    ClickHouse holds against them; adds its findings to ``report``."""
+    config = event_log_settings()
+    table = f"`{config.CLICKHOUSE_TABLE}`"
+    found = ChainReport()
+    report.chain = found
+    entries = _fetch_entries(
+        sql.CHAIN_ENTRIES_RECORDED, {"since": report.since, "until": report.until}
+    )
+    head = chain_head()
+    found.head_position, found.head_digest = head["position"], head["digest"]
+    _walk(entries, found)
+    if entries:
+        _check_copy(ch, config.CLICKHOUSE_TABLE, entries, found)
+    started_at = datetime.fromisoformat(head["started_at"]) if head["started_at"] else report.until
+    _check_rows(ch, table, entries, report, found, started_at=started_at)
+    return found
+
+
+def _walk(entries: list[chain.Entry], found: ChainReport) -> None:
+    """Each entry follows from the one before it and from its own rows; the last one
+    is the head (when the window reaches it)."""
+    found.entries = len(entries)
+    if entries:
+        found.first_position, found.last_position = entries[0].position, entries[-1].position
+        before = entries[0].position - 1
+        if before == 0:
+            prev_digest = chain.GENESIS
+        else:
+            [*previous] = _fetch_entries(sql.CHAIN_ENTRY_AT, {"position": before})
+            if not previous:
+                found.breaks.append(
+                    ChainBreak(before, None, "the entry before the window is missing (a gap)")
+                )
+            prev_digest = previous[0].digest if previous else entries[0].prev_digest
+        expected_position = entries[0].position
+        for entry in entries:
+            if entry.position != expected_position:
+                found.breaks.append(
+                    ChainBreak(
+                        expected_position,
+                        None,
+                        f"entries {expected_position} to {entry.position - 1} are missing (a gap)",
+                    )
+                )
+            if entry.prev_digest != prev_digest:
+                found.breaks.append(
+                    ChainBreak(
+                        entry.position,
+                        entry.batch_id,
+                        "its previous digest is not the previous entry's digest",
+                    )
+                )
+            recomputed = chain.entry_digest(entry.kind, entry.batch_id, entry.row_digests)
+            if (
+                recomputed != entry.entry_digest
+                or chain.link(entry.prev_digest, entry.position, recomputed) != entry.digest
+                or len(entry.row_digests) != entry.rows * chain.PAIR_BYTES
+            ):
+                found.breaks.append(
+                    ChainBreak(
+                        entry.position,
+                        entry.batch_id,
+                        "its digest does not follow from its rows (the entry was rewritten)",
+                    )
+                )
+            prev_digest = entry.digest
+            expected_position = entry.position + 1
+    last = _fetch_entries(sql.CHAIN_LAST_ENTRY, {})
+    last_position, last_digest = (last[0].position, last[0].digest.hex()) if last else (0, None)
+    if last_position != found.head_position or (
+        last_digest is not None and last_digest != found.head_digest
+    ):
+        found.breaks.append(
+            ChainBreak(
+                found.head_position,
+                None,
+                f"the head (position {found.head_position}) is not the last entry "
+                f"(position {last_position})",
+            )
+        )
+
+
+def _check_copy(ch: Client, table: str, entries: list[chain.Entry], found: ChainReport) -> None:
+    """PostgreSQL's entries against ClickHouse's copy; what the copy lacks is written."""
+    copies = chain.stored_copies(
+        ch, table=table, first=entries[0].position, last=entries[-1].position
+    )
+    lacking = []
+    for entry in entries:
+        held = copies.pop(entry.position, None)
+        if held is None:
+            lacking.append(entry)
+        elif held != {entry.digest.hex()}:
+            found.breaks.append(
+                ChainBreak(
+                    entry.position,
+                    entry.batch_id,
+                    "ClickHouse's copy of the entry has another digest",
+                )
+            )
+    for position in sorted(copies):
+        found.breaks.append(
+            ChainBreak(position, None, "ClickHouse's copy has an entry PostgreSQL's ledger lacks")
+        )
+    if lacking:
+        chain.copy_to_clickhouse(ch, lacking, table=table)
+        found.copied = len(lacking)
+        logger.info("chain_entries_copied", entries=len(lacking))
+
+
+@dataclass(slots=True)
+class _Expected:
+    batch_id: uuid.UUID
+    digest: str
+    expired: bool
+
+
+def _check_rows(
+    ch: Client,
+    table: str,
+    entries: list[chain.Entry],
+    report: VerifyReport,
+    found: ChainReport,
+    *,
+    started_at: datetime,
+) -> None:
+    expected, spans = _expected_rows(entries, report, found)
+    seen: dict[uuid.UUID, list[tuple[uuid.UUID, str, datetime]]] = {}
+    for event_id, batch_id, at, digest in _row_digests(ch, table, spans):
+        seen.setdefault(event_id, []).append((batch_id, digest, at))
+    for event_id, want in expected.items():
+        copies = seen.pop(event_id, None)
+        if not copies:
+            if not want.expired:
+                report.missing.add(event_id)
+                report.missing_batches[event_id] = want.batch_id
+            continue
+        if len(copies) > 1:
+            report.duplicated[event_id] = len(copies)
+        if any(b != want.batch_id or digest != want.digest for b, digest, _ in copies):
+            report.altered[event_id] = want.batch_id
+    _resolve_unknown(seen, report, found, started_at=started_at)
+
+
+def _expected_rows(
+    entries: list[chain.Entry], report: VerifyReport, found: ChainReport
+) -> tuple[dict[uuid.UUID, _Expected], list[tuple[datetime, datetime]]]:
+    """Each delivered row of the window with its batch and digest (after erasures), and
+    the event-time spans to read: the window's own and each batch's."""
+    days = event_log_settings().RETENTION_DAYS
+    cutoff = report.until - timedelta(days=days) if days else None
+    expected: dict[uuid.UUID, _Expected] = {}
+    spans: list[tuple[datetime, datetime]] = [(report.since, report.until)]
+    for entry in entries:
+        if entry.kind != chain.DELIVERY or entry.batch_id is None:
+            continue
+        first, last = entry.first_event_at, entry.last_event_at
+        if cutoff is not None and last is not None and last < cutoff:
+            found.expired_batches += 1
+            continue
+        # A batch straddling the cutoff may have lost its oldest rows to the TTL.
+        straddles = cutoff is not None and first is not None and first < cutoff
+        for event_id, digest in entry.pairs():
+            expected[event_id] = _Expected(entry.batch_id, digest.hex().upper(), straddles)
+        if first is not None and last is not None:
+            spans.append((first, last))
+    if entries:
+        erasures = _fetch_entries(sql.CHAIN_ERASURES_FROM, {"position": entries[0].position})
+        for erasure in erasures:
+            for event_id, digest in erasure.pairs():
+                if event_id in expected:
+                    expected[event_id].digest = digest.hex().upper()
+    return expected, spans
+
+
+def _row_digests(
+    ch: Client, table: str, spans: list[tuple[datetime, datetime]]
+) -> list[tuple[uuid.UUID, uuid.UUID, datetime, str]]:
+    merged = _merged(spans)
+    where = " OR ".join(
+        f"event_date_time BETWEEN toDateTime64(%(from_{i})s, 6, 'UTC') "
+        f"AND toDateTime64(%(to_{i})s, 6, 'UTC')"
+        for i in range(len(merged))
+    )
+    parameters: dict[str, str] = {}
+    for i, (first, last) in enumerate(merged):
+        parameters[f"from_{i}"] = _naive(first - _SPAN_MARGIN)
+        parameters[f"to_{i}"] = _naive(last + _SPAN_MARGIN)
+    statement = sql.CLICKHOUSE_ROW_DIGESTS.format(
+        digest=sql.row_digest_sql(), table=table, where=where
+    )
+    return [
+        (row[0], row[1], row[2], str(row[3]))
+        for row in ch.query(statement, parameters=parameters).result_rows
+    ]
+
+
+def _resolve_unknown(
+    seen: dict[uuid.UUID, list[tuple[uuid.UUID, str, datetime]]],
+    report: VerifyReport,
+    found: ChainReport,
+    *,
+    started_at: datetime,
+) -> None:
+    """Rows of the spans no entry of the window names: delivered in a batch outside
+    the window (fine), older than the chain (counted), or extra (a finding)."""
+    batch_ids = {batch_id for copies in seen.values() for batch_id, _, _ in copies}
+    batch_ids.discard(chain.NIL)
+    known: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    if batch_ids:
+        for entry in _fetch_entries(
+            sql.CHAIN_DELIVERIES_OF_BATCHES, {"batch_ids": sorted(batch_ids)}
+        ):
+            known.update((entry.batch_id, event_id) for event_id, _ in entry.pairs())  # type: ignore[misc]
+    naive_start = started_at.astimezone(UTC).replace(tzinfo=None)
+    for event_id, copies in seen.items():
+        for batch_id, _digest, at in copies:
+            if (batch_id, event_id) in known:
+                continue
+            if batch_id == chain.NIL and _as_naive(at) < naive_start:
+                found.unchained_rows += 1
+                continue
+            report.extra[event_id] = batch_id
+
+
+def _as_naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 @dataclass(slots=True)
@@ -216,9 +565,17 @@ def record_verification(report: VerifyReport) -> Verification:
         events=report.events,
         duplicated=len(report.duplicated),
         missing=len(report.missing),
+        altered=len(report.altered),
+        extra=len(report.extra),
+        chain_breaks=len(report.chain.breaks) if report.chain else 0,
         findings={
             "duplicated": sorted(str(k) for k in report.duplicated)[:STORED_FINDINGS],
             "missing": sorted(str(k) for k in report.missing)[:STORED_FINDINGS],
+            "altered": sorted(str(k) for k in report.altered)[:STORED_FINDINGS],
+            "extra": sorted(str(k) for k in report.extra)[:STORED_FINDINGS],
+            "chain": [b.as_dict() for b in report.chain.breaks][:STORED_FINDINGS]
+            if report.chain
+            else [],
         },
     )
     fields = {
@@ -227,15 +584,30 @@ def record_verification(report: VerifyReport) -> Verification:
         "batches": report.batches,
         "events": report.events,
     }
+    if report.chain is not None:
+        # The anchor: an operator (or a log shipper) keeps this outside both databases;
+        # a later head that does not descend from it means history was rewritten.
+        logger.info(
+            "event_log_chain_head_seen",
+            position=report.chain.head_position,
+            digest=report.chain.head_digest,
+        )
     if report.clean:
         logger.info("event_log_verify_passed", **fields)
     else:
+        breaks = report.chain.breaks if report.chain else []
         logger.error(
             "event_log_verify_failed",
             duplicated=len(report.duplicated),
             missing=len(report.missing),
+            altered=len(report.altered),
+            extra=len(report.extra),
+            chain_breaks=len(breaks),
             duplicated_ids=sorted(str(k) for k in report.duplicated)[:20],
             missing_ids=sorted(str(k) for k in report.missing)[:20],
+            altered_ids=sorted(str(k) for k in report.altered)[:20],
+            extra_ids=sorted(str(k) for k in report.extra)[:20],
+            chain_break_positions=[b.position for b in breaks][:20],
             **fields,
         )
     return verification

@@ -12,7 +12,7 @@ from clickhouse_connect.driver.client import Client
 from django.db import Error as DjangoDatabaseError
 from django.db import connection
 
-from event_log import clickhouse, schema
+from event_log import chain, clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
 from event_log.control import relays_paused
@@ -94,10 +94,20 @@ class Relay:
         return write(ch, self.config, batch, timeout=timeout)
 
     def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
-        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered)."""
+        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered).
+
+        Then copies the batch's chain entries to ClickHouse (a copy that fails is left
+        to the next verification, which writes what the copy lacks).
+        """
+        appended: list[chain.Entry] = []
         if delivery.delivered is None:
-            return finish(batch), 0
-        return finish_checked(batch, delivery, delay=delay)
+            outcome = finish(batch, appended=appended), 0
+        else:
+            outcome = finish_checked(batch, delivery, delay=delay, appended=appended)
+        chain.copy_after_finish(
+            self.connect_clickhouse, appended, table=self.config.CLICKHOUSE_TABLE
+        )
+        return outcome
 
     # -- the loop --------------------------------------------------------------
 

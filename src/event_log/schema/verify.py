@@ -42,7 +42,7 @@ logger = structlog.get_logger(__name__)
 DEDUP_WINDOW_MIN = 10_000
 FSYNC_SETTINGS = ("fsync_after_insert", "fsync_part_directory")
 
-# What the relay inserts (sql.CLICKHOUSE_COLUMNS), and the types it can rely on.
+# What the relay inserts (sql.RELAY_COLUMNS), and the types it can rely on.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "event_id": ("UUID",),
     "event_type": ("LowCardinality(String)", "String"),
@@ -50,6 +50,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "environment": ("LowCardinality(String)", "String"),
     "event_context": ("String",),
     "metadata_version": ("UInt64",),
+    "batch_id": ("UUID",),
 }
 # Column kinds an INSERT cannot write.
 _NOT_INSERTABLE = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
