@@ -79,7 +79,7 @@ def test_each_finished_batch_is_one_entry_in_one_unbroken_chain(ch):
     head = ChainHead.objects.get()
     assert (head.position, bytes(head.digest)) == (3, previous)
     rows = ch.query(f"SELECT event_id, batch_id FROM {ch.table}")
-    assert {event_id: batch_id for event_id, batch_id in rows} == {
+    assert dict(rows) == {
         event_id: e.batch_id for e in chained for event_id, _ in chain.unpack(e.row_digests)
     }
     copy = ch.query(f"SELECT position, digest FROM {ch.table}_batches ORDER BY position")
@@ -95,7 +95,7 @@ def test_row_digests_computed_by_clickhouse_equal_those_of_the_rows_the_relay_se
         datetime(2026, 6, 15, 8, 30, 0, 500_000, tzinfo=UTC),
     ]
     contexts = [
-        json.dumps({"name": "Zoë 🦊 日本語", "quote": "it's \"fine\""}, ensure_ascii=False),
+        json.dumps({"name": "Zoë 🦊 日本語", "quote": 'it\'s "fine"'}, ensure_ascii=False),
         json.dumps({"text": "a\tb\nc\\d\re\bf\fg\vh"}),
         # Raw tabs, a newline and a carriage return between the tokens (valid JSON).
         '{"raw":\t"x",\n"n": "new\\nline",\r"back": "\\\\"}',
@@ -409,7 +409,8 @@ def test_relays_in_processes_over_http_make_one_chain_that_verifies(clickhouse_h
     }
     procs = [relay_process(env, "--once") for _ in range(3)]
     for proc in procs:
-        assert proc.wait(timeout=120) == 0
+        # 3: it stopped while another relay still held a batch.
+        assert proc.wait(timeout=120) in (0, 3)
     run_relay(relay=Relay(clickhouse_url=clickhouse_http.url))
 
     assert_exactly_once(clickhouse_http.probe, published)

@@ -18,8 +18,8 @@ subject (``subject = ("user", "user_id")``), in the order that leaves no copy be
 The rewritten rows' new digests are then appended to the batch chain as an
 ``erasure`` entry (event_log.chain), so ``event_log_verify`` expects the erased text,
 and the erasure is published as :class:`~event_log.events.SubjectErased` (counts
-and subject id only), in the same transaction. Running it again is harmless: rows already erased are not
-rewritten.
+and subject id only), in the same transaction. Running it again is harmless: rows
+already erased are not rewritten.
 """
 
 from __future__ import annotations
@@ -193,9 +193,7 @@ def _chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str,
         yield items[start : start + size]
 
 
-def _erase_clickhouse(
-    types: list[SubjectEvents], subject_id: str
-) -> list[tuple[uuid.UUID, bytes]]:
+def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> list[tuple[uuid.UUID, bytes]]:
     """Rewrite the subject's rows in ClickHouse; returns each rewritten row's event id
     and new digest (as event_log.chain computes it), read back after the mutation."""
     table = event_log_settings().CLICKHOUSE_TABLE

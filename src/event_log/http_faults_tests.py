@@ -202,7 +202,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
     now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
     def block(event_id: uuid.UUID) -> bytes:
-        return f"{event_id}\tping\t{now:%Y-%m-%d %H:%M:%S}\ttest\t{{}}\t1\n".encode()
+        return f"{event_id}\tping\t{now:%Y-%m-%d %H:%M:%S}\ttest\t{{}}\t1\t{event_id}\n".encode()
 
     ch = clickhouse.connect(clickhouse_http.url)
     try:
@@ -214,7 +214,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
         ):
             ch.raw_insert(
                 TABLE,
-                list(sql.CLICKHOUSE_COLUMNS),
+                list(sql.RELAY_COLUMNS),
                 insert_block=data,
                 fmt="TabSeparated",
                 compression=codec,
@@ -242,7 +242,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
 
 def _block() -> bytes:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{uuid.uuid4()}\tping\t{now}\ttest\t{{}}\t1\n".encode()
+    return f"{uuid.uuid4()}\tping\t{now}\ttest\t{{}}\t1\t{uuid.uuid4()}\n".encode()
 
 
 def _insert_error(url: str, block: bytes, *, timeout: float = 5.0) -> ClickHouseError:

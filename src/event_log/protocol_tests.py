@@ -73,7 +73,9 @@ def test_a_relay_paused_past_its_lease_sends_nothing_when_it_wakes(ch, monkeypat
         taken_over = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
         with clickhouse.client(ch.url) as client:
             for _ in range(2):
-                stray = f"{uuid.uuid4()}\tother\t2026-01-01 00:00:00\ttest\t{{}}\t1\n"
+                stray = (
+                    f"{uuid.uuid4()}\tother\t2026-01-01 00:00:00\ttest\t{{}}\t1\t{uuid.uuid4()}\n"
+                )
                 clickhouse.insert_tsv(
                     client, table=ch.table, block=stray.encode(), token=str(uuid.uuid4())
                 )

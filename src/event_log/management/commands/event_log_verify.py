@@ -82,5 +82,5 @@ class Command(BaseCommand):
         for event_id, batch_id in sorted(report.extra.items()):
             self.stdout.write(f"extra {event_id} (batch {batch_id})")
         for broken in found.breaks if found is not None else []:
-            batch = f" (batch {broken.batch_id})" if broken.batch_id else ""
-            self.stdout.write(f"chain broken at position {broken.position}{batch}: {broken.problem}")
+            of = f" (batch {broken.batch_id})" if broken.batch_id else ""
+            self.stdout.write(f"chain broken at position {broken.position}{of}: {broken.problem}")
