@@ -184,8 +184,9 @@ def pending_rows(kind: str, batch_id: uuid.UUID, lines: Sequence[bytes]) -> Pend
     if not lines:
         return None
     # The event time is the third field, in COPY_BATCH's fixed format: text order is
-    # time order. A row sent with no time (NULL) was refused, never delivered.
-    times = [t for line in lines if (t := line.split(b"\t", 3)[2]) != b"\\N"]
+    # time order. Only deliveries need the span (where the verification looks): rows
+    # ClickHouse refused may have any time, or none.
+    times = [line.split(b"\t", 3)[2] for line in lines] if kind == DELIVERY else []
     return PendingEntry(
         kind=kind,
         batch_id=batch_id,
@@ -212,7 +213,24 @@ def append(cur: Any, pending: PendingEntry) -> Entry:
             "row_digests": pending.row_digests,
         },
     )
-    return Entry.from_row(cur.fetchone())
+    position, recorded_at, prev_digest, chained = cur.fetchone()
+    return Entry(
+        position=int(position),
+        batch_id=pending.batch_id,
+        kind=pending.kind,
+        recorded_at=_utc(recorded_at),
+        rows=pending.rows,
+        first_event_at=_utc(pending.first_event_at[:-3]) if pending.first_event_at else None,
+        last_event_at=_utc(pending.last_event_at[:-3]) if pending.last_event_at else None,
+        row_digests=pending.row_digests,
+        entry_digest=digest,
+        prev_digest=bytes(prev_digest),
+        digest=bytes(chained),
+    )
+
+
+def _utc(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
 
 
 def copy_to_clickhouse(ch: Client, entries: Sequence[Entry], *, table: str) -> None:

@@ -338,7 +338,8 @@ ON CONFLICT (batch_id) DO UPDATE SET
 # from here to the commit, so entries get consecutive positions in one total order
 # whichever relay appends them. The link is computed here, from the head's digest as it
 # is once locked: digest = sha256(previous digest || position (8 bytes) || entry digest).
-# A missing head row is the genesis (position 0, all-zero digest).
+# A missing head row is the genesis (position 0, all-zero digest). The time comes back
+# as text: no session setting (DateStyle) may change what the relay reads.
 APPEND_CHAIN_ENTRY = """
 WITH head AS (
     INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
@@ -356,8 +357,8 @@ SELECT position, %(batch_id)s, %(kind)s, now(), %(rows)s,
        %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
        %(row_digests)s, %(entry_digest)s, prev_digest, digest
 FROM head
-RETURNING position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
-          row_digests, entry_digest, prev_digest, digest
+RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+          prev_digest, digest
 """
 
 CHAIN_ENTRY_COLUMNS = """
