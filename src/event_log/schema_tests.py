@@ -27,7 +27,8 @@ COLUMNS = """(
     event_date_time DateTime64(6, 'UTC'),
     environment LowCardinality(String),
     event_context String,
-    metadata_version UInt64
+    metadata_version UInt64,
+    batch_id UUID
 )"""
 MERGE_TREE = (
     "MergeTree PARTITION BY toYYYYMM(event_date_time) ORDER BY (event_type, event_date_time)"
@@ -140,6 +141,42 @@ def test_fsync_migration_turns_fsync_on_in_a_database_migrated_before_it(client)
     assert report.applied[:1] == ["0002_fsync_on_insert"]  # later files follow it
     assert report.repaired == {}
     assert (after["fsync_after_insert"], after["fsync_part_directory"]) == ("1", "1")
+
+
+def test_the_batch_chain_migration_gives_a_populated_table_its_batch_id_column(client):
+    database = f"schema_test_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE DATABASE `{database}`")
+    try:
+        client.command(
+            f"CREATE TABLE `{database}`.schema_migrations (version String, applied_at "
+            "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        for path in ddl.migration_files():
+            if path.stem >= "0004":
+                break
+            for statement in ddl.render(path, database=database, table="event_log"):
+                client.command(statement)
+            client.command(
+                f"INSERT INTO `{database}`.schema_migrations (version) VALUES ('{path.stem}')"
+            )
+        old = uuid.uuid4()
+        client.command(
+            f"INSERT INTO `{database}`.event_log (event_id, event_type, event_date_time, "
+            f"environment, event_context, metadata_version) VALUES ('{old}', 'ping', "
+            "now64(6), 'test', '{}', 1)"
+        )
+
+        report = schema.apply_migrations(client, database=database, table="event_log")
+
+        rows = client.query(f"SELECT event_id, batch_id FROM `{database}`.event_log").result_rows
+        copies = client.command(f"SELECT count() FROM `{database}`.event_log_batches")
+        again = schema.apply_migrations(client, database=database, table="event_log")
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    assert "0004_batch_chain" in report.applied
+    assert rows == [(old, uuid.UUID(int=0))], "rows older than the chain have the nil batch"
+    assert copies == 0
+    assert not again.changed
 
 
 def test_fsync_turned_off_explicitly_in_the_table_is_kept_and_logged(client, scratch):
@@ -342,7 +379,7 @@ def test_migrate_converts_the_previous_services_table_keeping_every_row(
     assert len(set(ids)) == len(ids) == len(before)
     assert schema.verify_table(client, table=table) == {}
     assert legacy._comment(client, client.database or "default", table) == ""
-    [kept] = [t for t in tables_like(client, table) if t != table]
+    [kept] = [t for t in tables_like(client, table) if t not in (table, f"{table}_batches")]
     assert kept.startswith(f"{table}_legacy_")
     assert f"`{kept}`" in report.upgraded.legacy_table
     assert content(client, kept) == before
@@ -364,7 +401,12 @@ def test_a_conversion_cut_short_mid_copy_is_finished_by_the_next_run_without_dup
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database=client.database or "default", table=staging)
+    ddl.create_table(
+        client,
+        database=client.database or "default",
+        table=staging,
+        batches=ddl.chain_copy_table(table),
+    )
     client.command(f"ALTER TABLE {staging} MODIFY COMMENT '{legacy.STAGING_COMMENT}'")
     # A first month copied whole, the second cut short (as a crash would leave them).
     first, second = sorted(
@@ -392,10 +434,16 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database=client.database or "default", table=staging)
+    ddl.create_table(
+        client,
+        database=client.database or "default",
+        table=staging,
+        batches=ddl.chain_copy_table(table),
+    )
     client.command(
-        f"INSERT INTO {staging} SELECT generateUUIDv4(), event_type, event_date_time, "
-        f"environment, event_context, toUInt64(metadata_version) FROM {table}"
+        f"INSERT INTO {staging} (event_id, event_type, event_date_time, environment, "
+        "event_context, metadata_version) SELECT generateUUIDv4(), event_type, "
+        f"event_date_time, environment, event_context, toUInt64(metadata_version) FROM {table}"
     )
     client.command(f"EXCHANGE TABLES {table} AND {staging}")
 
@@ -403,7 +451,7 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
 
     assert report.upgraded is not None
     assert content(client, table) == before
-    [kept] = [t for t in tables_like(client, table) if t != table]
+    [kept] = [t for t in tables_like(client, table) if t not in (table, f"{table}_batches")]
     assert kept.startswith(f"{table}_legacy_")
     assert content(client, kept) == before
 
@@ -430,7 +478,9 @@ def test_a_table_under_the_copys_name_that_is_not_the_copy_is_refused_and_kept(c
     staging = f"{table}{legacy.STAGING_SUFFIX}"
     client.command(f"CREATE TABLE {staging} {COLUMNS} ENGINE = {MERGE_TREE}")
     client.command(
-        f"INSERT INTO {staging} VALUES (generateUUIDv4(), 'login', now64(6), 'x', '{{}}', 1)"
+        f"INSERT INTO {staging} (event_id, event_type, event_date_time, environment, "
+        "event_context, metadata_version) VALUES (generateUUIDv4(), 'login', now64(6), 'x', "
+        "'{}', 1)"
     )
 
     with pytest.raises(schema.LegacyUpgradeError, match="is not a copy in progress"):
