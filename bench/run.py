@@ -10,7 +10,9 @@
 5. memory — RSS of one relay process draining a large backlog;
 6. fsync — the same INSERTs into a table with fsync on insert and one without;
 7. load — the deployed service under HTTP load and a ClickHouse outage
-   (``make loadtest``, ``loadtest``).
+   (``make loadtest``, ``loadtest``);
+8. chain — relay throughput with and without the batch chain, and the cost of
+   ``event_log_verify`` over a million delivered events (``chain_cost``).
 
 The run uses databases of its own (see ``harness``), prints a table and writes
 the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import chain_cost
 import fsync_cost
 import harness
 import latency
@@ -41,7 +44,7 @@ import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,10 @@ class Sizes:
     sample_every: int
     fsync_batches: int
     fsync_rows: int
+    chain_backlog: int
+    chain_batch_size: int
+    chain_rounds: int
+    verify_events: int
 
 
 FULL = Sizes(
@@ -77,6 +84,10 @@ FULL = Sizes(
     sample_every=1,
     fsync_batches=40,
     fsync_rows=5_000,
+    chain_backlog=100_000,
+    chain_batch_size=10_000,
+    chain_rounds=3,
+    verify_events=1_000_000,
 )
 QUICK = Sizes(
     publish_rounds=200,
@@ -93,6 +104,10 @@ QUICK = Sizes(
     sample_every=1,
     fsync_batches=6,
     fsync_rows=5_000,
+    chain_backlog=10_000,
+    chain_batch_size=1_000,
+    chain_rounds=1,
+    verify_events=100_000,
 )
 
 
@@ -167,7 +182,7 @@ def main() -> int:
                     bench, probe, rounds=sizes.publish_rounds, warmup=sizes.publish_warmup
                 )
             )
-        if "throughput" in only or "memory" in only:
+        if "throughput" in only or "memory" in only or "chain" in only:
             say(f"   backlog template: {sizes.backlog:,} events published through publish()")
             harness.make_backlog_template(sizes.backlog)
         if "throughput" in only:
@@ -216,6 +231,22 @@ def main() -> int:
             )
             results["fsync"] = _timed(
                 lambda: fsync_cost.run(probe, batches=sizes.fsync_batches, rows=sizes.fsync_rows)
+            )
+        if "chain" in only:
+            say(
+                f"8. batch chain: backlog of {sizes.chain_backlog:,} events with and without "
+                f"it; verification of {sizes.verify_events:,} events"
+            )
+            results["chain"] = _timed(
+                lambda: chain_cost.run(
+                    bench,
+                    probe,
+                    backlog=sizes.chain_backlog,
+                    batch_size=sizes.chain_batch_size,
+                    rounds=sizes.chain_rounds,
+                    verify_events=sizes.verify_events,
+                    progress=say,
+                )
             )
         if "load" in only:
             config = loadtest.Config.from_env()
