@@ -23,6 +23,7 @@ from conftest import (
     relay_process,
 )
 from event_log import chain, clickhouse, publish, sql
+from event_log import verify as verify_module
 from event_log.dead_letters import dead_letters_replay
 from event_log.erasure import event_log_erase
 from event_log.models import ChainEntry, ChainHead, DeadLetter
@@ -117,7 +118,7 @@ def test_row_digests_computed_by_clickhouse_equal_those_of_the_rows_the_relay_se
         row[0]: row[1]
         for row in ch.query(f"SELECT event_id, {sql.row_digest_sql()} FROM {ch.table}")
     }
-    assert held == {event_id: digest.hex().upper() for event_id, digest in sent.items()}
+    assert held == sent
     assert_clean(verify(since=datetime.now(UTC) - timedelta(minutes=5)))
 
 
@@ -243,6 +244,29 @@ def test_rows_older_than_the_chain_are_counted_not_reported(ch):
 
     assert_clean(report)
     assert report.chain is not None and report.chain.unchained_rows == 1
+
+
+@pytest.mark.parametrize("spans_in_query", [500, 0])
+def test_rows_are_checked_group_by_group_with_the_same_findings(ch, monkeypatch, spans_in_query):
+    published = publish_pings(500)
+    run_relay(relay=Relay(config=fast_config(BATCH_SIZE=100)))
+    monkeypatch.setattr(verify_module, "GROUP_EVENTS", 150)
+    monkeypatch.setattr(verify_module, "_SPANS_IN_QUERY", spans_in_query)
+    assert_clean(verify())
+    victim, forged = published[250], uuid.uuid4()
+    ch.command(f"DELETE FROM {ch.table} WHERE event_id = '{victim}'")
+    ch.command(
+        f"INSERT INTO {ch.table} ({', '.join(sql.CLICKHOUSE_COLUMNS)}) VALUES "
+        f"('{forged}', 'ping', now64(6) + INTERVAL 1 HOUR, 'test', '{{}}', 1)"
+    )
+
+    report = verify_log(
+        since=datetime.now(UTC) - timedelta(hours=1), until=datetime.now(UTC) + timedelta(hours=2)
+    )
+
+    assert report.missing == {victim}
+    assert report.extra == {forged: chain.NIL}
+    assert (report.altered, report.duplicated) == ({}, {})
 
 
 # -- tampering with the ledger -----------------------------------------------------------

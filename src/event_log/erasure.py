@@ -228,7 +228,7 @@ def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> list[tuple
                 except Exception as exc:
                     raise clickhouse.ClickHouseError.from_exception(exc) from exc
                 erased += [
-                    (event_id, bytes.fromhex(digest))
+                    (event_id, bytes(digest))
                     for event_id, digest in clickhouse.query_rows(
                         ch,
                         f"SELECT event_id, {sql.row_digest_sql()} FROM {table} "  # noqa: S608

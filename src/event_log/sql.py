@@ -398,16 +398,16 @@ CHAIN_HEAD = "SELECT position, digest, started_at FROM event_log_chain_head WHER
 def row_digest_sql(columns: tuple[str, ...] = CLICKHOUSE_COLUMNS) -> str:
     """ClickHouse's expression for a row's digest, as event_log.chain computes it from the
     text the relay sends: SHA-256 of the columns' text (``toString``) joined by tabs, with
-    backslash, tab and newline escaped and NULL as ``\\N``; in hexadecimal."""
+    backslash, tab and newline escaped and NULL as ``\\N`` (32 bytes)."""
     fields = [
         f"ifNull(replaceAll(replaceAll(replaceAll(toString(`{column}`), '\\\\', '\\\\\\\\'), "
         f"'\\t', '\\\\t'), '\\n', '\\\\n'), '\\\\N')"
         for column in columns
     ]
-    return f"hex(SHA256(concat({", '\\t', ".join(fields)})))"
+    return f"SHA256(concat({", '\\t', ".join(fields)}))"
 
 
-# The rows of an event-time window with their batch and digest (event_log.verify).
+# The rows of event-time spans with their batch and digest, raw (event_log.verify).
 CLICKHOUSE_ROW_DIGESTS = """
 SELECT event_id, batch_id, event_date_time, {digest} FROM {table} WHERE {where}
 """

@@ -34,6 +34,7 @@ recorded in the window and reports, with batch ids:
 
 from __future__ import annotations
 
+import bisect
 import re
 import uuid
 from collections.abc import Iterator
@@ -373,8 +374,12 @@ def _check_copy(ch: Client, table: str, entries: list[chain.Entry], found: Chain
 @dataclass(slots=True)
 class _Expected:
     batch_id: uuid.UUID
-    digest: str
-    expired: bool
+    digest: bytes
+    expired: bool  # the TTL may have removed it
+    copies: int = 0
+
+
+Row = tuple[uuid.UUID, uuid.UUID, datetime]  # event id, batch id, event time
 
 
 def _check_rows(
@@ -386,32 +391,47 @@ def _check_rows(
     *,
     started_at: datetime,
 ) -> None:
-    expected, spans = _expected_rows(entries, report, found)
-    seen: dict[uuid.UUID, list[tuple[uuid.UUID, str, datetime]]] = {}
-    for event_id, batch_id, at, digest in _row_digests(ch, table, spans):
-        seen.setdefault(event_id, []).append((batch_id, digest, at))
-    for event_id, want in expected.items():
-        copies = seen.pop(event_id, None)
-        if not copies:
-            if not want.expired:
+    """Every row of the entries' spans against its entry, a group of entries at a time
+    (memory follows :data:`GROUP_EVENTS`), then the window's other rows; rows no entry
+    of a group names are settled at the end (:func:`_resolve_unknown`)."""
+    erasures: dict[uuid.UUID, bytes] = {}
+    if entries:
+        for erasure in _fetch_entries(sql.CHAIN_ERASURES_FROM, {"position": entries[0].position}):
+            erasures.update(erasure.pairs())
+    unknown: list[Row] = []
+    looked_at: list[tuple[datetime, datetime]] = []
+    for expected, spans in _entry_groups(entries, report, found):
+        for event_id in erasures.keys() & expected.keys():
+            expected[event_id].digest = erasures[event_id]
+        merged = _merged(spans)
+        looked_at += merged
+        for event_id, batch_id, at, digest in _stream_rows(ch, table, merged, digest=True):
+            want = expected.get(event_id)
+            if want is None:
+                unknown.append((event_id, batch_id, at))
+                continue
+            want.copies += 1
+            if batch_id != want.batch_id or digest != want.digest:
+                report.altered[event_id] = want.batch_id
+        for event_id, want in expected.items():
+            if want.copies > 1:
+                report.duplicated[event_id] = want.copies
+            elif want.copies == 0 and not want.expired:
                 report.missing.add(event_id)
                 report.missing_batches[event_id] = want.batch_id
-            continue
-        if len(copies) > 1:
-            report.duplicated[event_id] = len(copies)
-        if any(b != want.batch_id or digest != want.digest for b, digest, _ in copies):
-            report.altered[event_id] = want.batch_id
-    _resolve_unknown(seen, report, found, started_at=started_at)
+    # Rows of the window's event times outside every batch's span: forged, or older.
+    unknown += _window_rows_outside(ch, table, report, _merged(looked_at))
+    _resolve_unknown(unknown, report, found, started_at=started_at)
 
 
-def _expected_rows(
+def _entry_groups(
     entries: list[chain.Entry], report: VerifyReport, found: ChainReport
-) -> tuple[dict[uuid.UUID, _Expected], list[tuple[datetime, datetime]]]:
-    """Each delivered row of the window with its batch and digest (after erasures), and
-    the event-time spans to read: the window's own and each batch's."""
+) -> Iterator[tuple[dict[uuid.UUID, _Expected], list[tuple[datetime, datetime]]]]:
+    """The window's delivered rows, in groups: each with its batch and digest, and the
+    event-time spans to read them in."""
     cutoff = _retention_cutoff(report.until)
     expected: dict[uuid.UUID, _Expected] = {}
-    spans: list[tuple[datetime, datetime]] = [(report.since, report.until)]
+    spans: list[tuple[datetime, datetime]] = []
     for entry in entries:
         if entry.kind != chain.DELIVERY or entry.batch_id is None:
             continue
@@ -422,66 +442,95 @@ def _expected_rows(
         # A batch straddling the cutoff may have lost its oldest rows to the TTL.
         straddles = cutoff is not None and first is not None and first < cutoff
         for event_id, digest in entry.pairs():
-            expected[event_id] = _Expected(entry.batch_id, digest.hex().upper(), straddles)
+            expected[event_id] = _Expected(entry.batch_id, digest, straddles)
         if first is not None and last is not None:
             spans.append((first, last))
-    if entries:
-        erasures = _fetch_entries(sql.CHAIN_ERASURES_FROM, {"position": entries[0].position})
-        for erasure in erasures:
-            for event_id, digest in erasure.pairs():
-                if event_id in expected:
-                    expected[event_id].digest = digest.hex().upper()
-    return expected, spans
+        if len(expected) >= GROUP_EVENTS or len(spans) >= GROUP_BATCHES:
+            yield expected, spans
+            expected, spans = {}, []
+    if expected:
+        yield expected, spans
 
 
-def _row_digests(
-    ch: Client, table: str, spans: list[tuple[datetime, datetime]]
-) -> list[tuple[uuid.UUID, uuid.UUID, datetime, str]]:
-    merged = _merged(spans)
-    where = " OR ".join(
-        f"event_date_time BETWEEN toDateTime64(%(from_{i})s, 6, 'UTC') "
-        f"AND toDateTime64(%(to_{i})s, 6, 'UTC')"
-        for i in range(len(merged))
+def _span_condition(
+    spans: list[tuple[datetime, datetime]], parameters: dict[str, str], prefix: str
+) -> str:
+    for i, (first, last) in enumerate(spans):
+        parameters[f"{prefix}from_{i}"] = _naive(first - _SPAN_MARGIN)
+        parameters[f"{prefix}to_{i}"] = _naive(last + _SPAN_MARGIN)
+    return " OR ".join(
+        f"event_date_time BETWEEN toDateTime64(%({prefix}from_{i})s, 6, 'UTC') "
+        f"AND toDateTime64(%({prefix}to_{i})s, 6, 'UTC')"
+        for i in range(len(spans))
     )
+
+
+def _stream_rows(
+    ch: Client, table: str, spans: list[tuple[datetime, datetime]], *, digest: bool
+) -> Iterator[tuple[Any, ...]]:
+    """(event id, batch id, event time[, row digest]) of the rows in ``spans``, streamed."""
+    if not spans:
+        return
     parameters: dict[str, str] = {}
-    for i, (first, last) in enumerate(merged):
-        parameters[f"from_{i}"] = _naive(first - _SPAN_MARGIN)
-        parameters[f"to_{i}"] = _naive(last + _SPAN_MARGIN)
     statement = sql.CLICKHOUSE_ROW_DIGESTS.format(
-        digest=sql.row_digest_sql(), table=table, where=where
+        digest=sql.row_digest_sql() if digest else "NULL",
+        table=table,
+        where=_span_condition(spans, parameters, ""),
     )
-    return [
-        (row[0], row[1], row[2], str(row[3]))
-        for row in ch.query(statement, parameters=parameters).result_rows
-    ]
+    with ch.query_row_block_stream(statement, parameters=parameters) as stream:
+        for block in stream:
+            yield from block
+
+
+# Above this many spans the window's remaining rows are filtered here, not in the query
+# (max_query_size is 256 KiB).
+_SPANS_IN_QUERY = 500
+
+
+def _window_rows_outside(
+    ch: Client, table: str, report: VerifyReport, spans: list[tuple[datetime, datetime]]
+) -> list[Row]:
+    window = [(report.since, report.until)]
+    if len(spans) <= _SPANS_IN_QUERY:
+        parameters: dict[str, str] = {}
+        where = _span_condition(window, parameters, "w")
+        if spans:
+            where = f"({where}) AND NOT ({_span_condition(spans, parameters, '')})"
+        statement = sql.CLICKHOUSE_ROW_DIGESTS.format(digest="NULL", table=table, where=where)
+        with ch.query_row_block_stream(statement, parameters=parameters) as stream:
+            return [(row[0], row[1], row[2]) for block in stream for row in block]
+    starts = [first - _SPAN_MARGIN for first, _ in spans]
+    outside = []
+    for event_id, batch_id, at, _ in _stream_rows(ch, table, window, digest=False):
+        moment = at if at.tzinfo else at.replace(tzinfo=UTC)
+        i = bisect.bisect_right(starts, moment) - 1
+        if i < 0 or moment > spans[i][1] + _SPAN_MARGIN:
+            outside.append((event_id, batch_id, at))
+    return outside
 
 
 def _resolve_unknown(
-    seen: dict[uuid.UUID, list[tuple[uuid.UUID, str, datetime]]],
-    report: VerifyReport,
-    found: ChainReport,
-    *,
-    started_at: datetime,
+    unknown: list[Row], report: VerifyReport, found: ChainReport, *, started_at: datetime
 ) -> None:
-    """Rows of the spans no entry of the window names: delivered in a batch outside
-    the window (fine), older than the chain (counted), or extra (a finding)."""
-    batch_ids = {batch_id for copies in seen.values() for batch_id, _, _ in copies}
+    """Rows no entry of their group names: delivered in a batch of another group or
+    outside the window (fine), older than the chain (counted), or extra (a finding)."""
+    batch_ids = {batch_id for _, batch_id, _ in unknown}
     batch_ids.discard(chain.NIL)
     known: set[tuple[uuid.UUID, uuid.UUID]] = set()
     if batch_ids:
         for entry in _fetch_entries(
             sql.CHAIN_DELIVERIES_OF_BATCHES, {"batch_ids": sorted(batch_ids)}
         ):
-            known.update((entry.batch_id, event_id) for event_id, _ in entry.pairs())  # type: ignore[misc]
-    naive_start = started_at.astimezone(UTC).replace(tzinfo=None)
-    for event_id, copies in seen.items():
-        for batch_id, _digest, at in copies:
-            if (batch_id, event_id) in known:
-                continue
-            if batch_id == chain.NIL and _as_naive(at) < naive_start:
-                found.unchained_rows += 1
-                continue
-            report.extra[event_id] = batch_id
+            assert entry.batch_id is not None  # noqa: S101 (deliveries have one)
+            known.update((entry.batch_id, event_id) for event_id, _ in entry.pairs())
+    naive_start = _as_naive(started_at)
+    for event_id, batch_id, at in unknown:
+        if (batch_id, event_id) in known:
+            continue
+        if batch_id == chain.NIL and _as_naive(at) < naive_start:
+            found.unchained_rows += 1
+            continue
+        report.extra[event_id] = batch_id
 
 
 def _as_naive(moment: datetime) -> datetime:
