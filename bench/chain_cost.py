@@ -10,7 +10,8 @@
 - **Verification**: a backlog of ``verify_events`` drained by the relay, then
   ``event_log.verify.verify_log`` over the window of that drain (delivery records,
   chain walk, every row's digest recomputed by ClickHouse and compared): seconds,
-  rows per second and the process's peak RSS growth.
+  rows per second and the process's peak RSS growth; and the delivery records'
+  check alone (``verify_deliveries``, the verification before the chain), for scale.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def run(
 def _verify_cost(probe: ClickHouseProbe, *, events: int, batch_size: int) -> dict[str, Any]:
     from event_log.conf import event_log_settings  # noqa: PLC0415
     from event_log.relay import Relay  # noqa: PLC0415
-    from event_log.verify import verify_log  # noqa: PLC0415
+    from event_log.verify import verify_deliveries, verify_log  # noqa: PLC0415
 
     probe.truncate()
     since = datetime.now(UTC)
@@ -126,6 +127,9 @@ def _verify_cost(probe: ClickHouseProbe, *, events: int, batch_size: int) -> dic
         drained = relay.run()
     finally:
         relay.close()
+    started = time.perf_counter()
+    verify_deliveries(since=since)  # the delivery records' check alone, for comparison
+    records_seconds = time.perf_counter() - started
     rss_before = peak_rss_mb()
     started = time.perf_counter()
     report = verify_log(since=since)
@@ -135,6 +139,7 @@ def _verify_cost(probe: ClickHouseProbe, *, events: int, batch_size: int) -> dic
         "events": drained.delivered,
         "batches": drained.batches,
         "seconds": seconds,
+        "delivery_records_seconds": records_seconds,
         "rows_per_s": drained.delivered / seconds,
         "peak_rss_growth_mb": peak_rss_mb() - rss_before,
         "clean": report.clean,

@@ -393,7 +393,8 @@ def render(results: dict[str, Any]) -> str:
             ),
             f"event_log_verify over {v['events']:,} events in {v['batches']:,} batches: "
             f"{v['seconds']:.1f} s ({v['rows_per_s']:,.0f} rows/s), peak RSS "
-            f"+{v['peak_rss_growth_mb']:.0f} MB, {v['findings']} findings",
+            f"+{v['peak_rss_growth_mb']:.0f} MB, {v['findings']} findings (the delivery "
+            f"records' check alone: {v['delivery_records_seconds']:.1f} s)",
         ]
     if results.get("targets"):
         out += [

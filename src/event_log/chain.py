@@ -80,8 +80,15 @@ def row_digest(line: bytes) -> bytes:
 
 def pairs_of(lines: Iterable[bytes]) -> bytes:
     """(event id, row digest) of each row, sorted by event id, as one byte string."""
-    pairs = sorted((uuid.UUID(line[:36].decode()).bytes, row_digest(line)) for line in lines)
-    return b"".join(event_id + digest for event_id, digest in pairs)
+    # A line starts with its event id in lowercase hexadecimal with fixed hyphens, so
+    # the lines' order is the ids' byte order; the ids are decoded in one call.
+    rows = sorted(lines)
+    ids = bytes.fromhex(b"".join(line[:36] for line in rows).replace(b"-", b"").decode())
+    sha256 = hashlib.sha256
+    return b"".join(
+        ids[i * ID_BYTES : (i + 1) * ID_BYTES] + sha256(canonical_row(line)).digest()
+        for i, line in enumerate(rows)
+    )
 
 
 def pack(pairs: Iterable[tuple[uuid.UUID, bytes]]) -> bytes:
