@@ -338,8 +338,9 @@ ON CONFLICT (batch_id) DO UPDATE SET
 # from here to the commit, so entries get consecutive positions in one total order
 # whichever relay appends them. The link is computed here, from the head's digest as it
 # is once locked: digest = sha256(previous digest || position (8 bytes) || entry digest).
-# A missing head row is the genesis (position 0, all-zero digest). The time comes back
-# as text: no session setting (DateStyle) may change what the relay reads.
+# A missing head row is the genesis (position 0, all-zero digest). recorded_at is taken
+# under the lock (clock_timestamp(), not the transaction's start), so it grows with the
+# position; it comes back as text: no session setting (DateStyle) may change it.
 APPEND_CHAIN_ENTRY = """
 WITH head AS (
     INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
@@ -353,7 +354,7 @@ WITH head AS (
 INSERT INTO event_log_chain
     (position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
      row_digests, entry_digest, prev_digest, digest)
-SELECT position, %(batch_id)s, %(kind)s, now(), %(rows)s,
+SELECT position, %(batch_id)s, %(kind)s, clock_timestamp(), %(rows)s,
        %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
        %(row_digests)s, %(entry_digest)s, prev_digest, digest
 FROM head
@@ -365,16 +366,16 @@ CHAIN_ENTRY_COLUMNS = """
 position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at, row_digests,
 entry_digest, prev_digest, digest
 """
+# The entries of a window: every position from the first recorded in it to the last,
+# so the walk sees a contiguous stretch whatever the clock did.
 CHAIN_ENTRIES_RECORDED = f"""
 SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
-WHERE recorded_at >= %(since)s AND recorded_at < %(until)s
+WHERE position >= (SELECT min(position) FROM event_log_chain WHERE recorded_at >= %(since)s)
+  AND position <= (SELECT max(position) FROM event_log_chain WHERE recorded_at < %(until)s)
 ORDER BY position
 """  # noqa: S608 (column names only)
 CHAIN_ENTRY_AT = f"""
 SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain WHERE position = %(position)s
-"""  # noqa: S608 (column names only)
-CHAIN_LAST_ENTRY = f"""
-SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain ORDER BY position DESC LIMIT 1
 """  # noqa: S608 (column names only)
 CHAIN_ENTRIES_AFTER = f"""
 SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
@@ -392,7 +393,18 @@ CHAIN_DELIVERIES_OF_BATCHES = f"""
 SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
 WHERE kind = 'delivery' AND batch_id = ANY(%(batch_ids)s::uuid[])
 """  # noqa: S608 (column names only)
-CHAIN_HEAD = "SELECT position, digest, started_at FROM event_log_chain_head WHERE id = 1"
+# The head and the last entry, read in one statement (one snapshot): an append between
+# two reads would look like a head that is not the last entry.
+CHAIN_HEAD = """
+SELECT h.position, h.digest, h.started_at, last.position, last.digest
+FROM event_log_chain_head AS h
+LEFT JOIN LATERAL (
+    SELECT position, digest FROM event_log_chain ORDER BY position DESC LIMIT 1
+) AS last ON true
+WHERE h.id = 1
+"""
+# Batches still in flight: their rows may be in ClickHouse before their entry exists.
+BATCHES_IN_FLIGHT = "SELECT id FROM event_log_batch WHERE id = ANY(%(batch_ids)s::uuid[])"
 
 
 def row_digest_sql(columns: tuple[str, ...] = CLICKHOUSE_COLUMNS) -> str:

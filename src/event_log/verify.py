@@ -240,17 +240,26 @@ def verify_log(
 
 def chain_head() -> dict[str, Any]:
     """The chain's head, to keep outside both databases (``event_log_verify --head``)."""
+    head, _ = _head_and_last()
+    return head
+
+
+def _head_and_last() -> tuple[dict[str, Any], tuple[int, str | None]]:
+    """The head, and the last entry's (position, digest), as of one moment."""
     with connection.cursor() as cur:
         cur.execute(sql.CHAIN_HEAD)
         row = cur.fetchone()
     if row is None:
-        return {"position": 0, "digest": chain.GENESIS.hex(), "started_at": None}
-    position, digest, started_at = row
-    return {
+        return {"position": 0, "digest": chain.GENESIS.hex(), "started_at": None}, (0, None)
+    position, digest, started_at, last_position, last_digest = row
+    head = {
         "position": int(position),
         "digest": bytes(digest).hex(),
         "started_at": started_at.isoformat(),
     }
+    if last_position is None:
+        return head, (0, None)
+    return head, (int(last_position), bytes(last_digest).hex())
 
 
 def _fetch_entries(statement: str, parameters: dict[str, Any]) -> list[chain.Entry]:
@@ -269,9 +278,9 @@ def verify_chain(ch: Client, report: VerifyReport) -> ChainReport:
     entries = _fetch_entries(
         sql.CHAIN_ENTRIES_RECORDED, {"since": report.since, "until": report.until}
     )
-    head = chain_head()
+    head, last = _head_and_last()
     found.head_position, found.head_digest = head["position"], head["digest"]
-    _walk(entries, found)
+    _walk(entries, found, last=last)
     if entries:
         _check_copy(ch, config.CLICKHOUSE_TABLE, entries, found)
     started_at = datetime.fromisoformat(head["started_at"]) if head["started_at"] else report.until
@@ -279,7 +288,7 @@ def verify_chain(ch: Client, report: VerifyReport) -> ChainReport:
     return found
 
 
-def _walk(entries: list[chain.Entry], found: ChainReport) -> None:
+def _walk(entries: list[chain.Entry], found: ChainReport, *, last: tuple[int, str | None]) -> None:
     """Each entry follows from the one before it and from its own rows; the last one
     is the head (when the window reaches it)."""
     found.entries = len(entries)
@@ -289,7 +298,7 @@ def _walk(entries: list[chain.Entry], found: ChainReport) -> None:
         if before == 0:
             prev_digest = chain.GENESIS
         else:
-            [*previous] = _fetch_entries(sql.CHAIN_ENTRY_AT, {"position": before})
+            previous = _fetch_entries(sql.CHAIN_ENTRY_AT, {"position": before})
             if not previous:
                 found.breaks.append(
                     ChainBreak(before, None, "the entry before the window is missing (a gap)")
@@ -328,8 +337,7 @@ def _walk(entries: list[chain.Entry], found: ChainReport) -> None:
                 )
             prev_digest = entry.digest
             expected_position = entry.position + 1
-    last = _fetch_entries(sql.CHAIN_LAST_ENTRY, {})
-    last_position, last_digest = (last[0].position, last[0].digest.hex()) if last else (0, None)
+    last_position, last_digest = last
     if last_position != found.head_position or (
         last_digest is not None and last_digest != found.head_digest
     ):
@@ -517,7 +525,12 @@ def _resolve_unknown(
     batch_ids = {batch_id for _, batch_id, _ in unknown}
     batch_ids.discard(chain.NIL)
     known: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    in_flight: set[uuid.UUID] = set()
     if batch_ids:
+        # Rows of a batch not finished yet: ClickHouse has them before its entry exists.
+        with connection.cursor() as cur:
+            cur.execute(sql.BATCHES_IN_FLIGHT, {"batch_ids": sorted(batch_ids)})
+            in_flight = {row[0] for row in cur.fetchall()}
         for entry in _fetch_entries(
             sql.CHAIN_DELIVERIES_OF_BATCHES, {"batch_ids": sorted(batch_ids)}
         ):
@@ -525,7 +538,7 @@ def _resolve_unknown(
             known.update((entry.batch_id, event_id) for event_id, _ in entry.pairs())
     naive_start = _as_naive(started_at)
     for event_id, batch_id, at in unknown:
-        if (batch_id, event_id) in known:
+        if (batch_id, event_id) in known or batch_id in in_flight:
             continue
         if batch_id == chain.NIL and _as_naive(at) < naive_start:
             found.unchained_rows += 1

@@ -31,11 +31,11 @@ def finish(batch: Batch, *, appended: list[chain.Entry] | None = None) -> int:
         finished = cur.fetchone()
         if finished is None:
             raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
-        if pending is not None:
-            entry = chain.append(cur, pending)
-            if appended is not None:
-                appended.append(entry)
-        return int(finished[0])
+        entry = chain.append(cur, pending) if pending is not None else None
+    # Only once committed: an entry rolled back must never reach ClickHouse's copy.
+    if entry is not None and appended is not None:
+        appended.append(entry)
+    return int(finished[0])
 
 
 def finish_checked(
@@ -96,11 +96,9 @@ def finish_checked(
         cur.execute(sql.CLOSE_BATCH, batch.keys)
         if cur.fetchone() is None:
             cur.execute(sql.POSTPONE_BATCH, {**batch.holder, "delay": delay, "error": error})
-        for pending in entries:
-            if pending is not None:
-                entry = chain.append(cur, pending)
-                if appended is not None:
-                    appended.append(entry)
+        chained = [chain.append(cur, pending) for pending in entries if pending is not None]
+    if appended is not None:  # committed
+        appended.extend(chained)
     return deleted, dead_lettered
 
 

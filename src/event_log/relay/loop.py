@@ -33,6 +33,10 @@ DATABASE_ERRORS = (DjangoDatabaseError, psycopg.Error)
 
 Checkpoint = Callable[[str, "Batch"], None]
 
+# The ClickHouse copy of the batch chain gets one INSERT per this many entries and one at
+# the end of each run, rather than one more INSERT per batch.
+CHAIN_COPY_ENTRIES = 20
+
 # Embedded engine: return the allocator's freed memory at most this often while
 # draining, and at the end of every run (event_log.clickhouse.release_engine_memory).
 ENGINE_MEMORY_RELEASE_INTERVAL = 1.0
@@ -76,6 +80,8 @@ class Relay:
         )
         # Whether to ask the engine to release memory (stops when it refuses).
         self._embedded_engine = self._embedded_engine_url
+        # Chain entries appended and not yet copied to ClickHouse (event_log.chain).
+        self._uncopied: list[chain.Entry] = []
 
     # -- the three steps -------------------------------------------------------
 
@@ -96,18 +102,25 @@ class Relay:
     def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
         """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered).
 
-        Then copies the batch's chain entries to ClickHouse (a copy that fails is left
-        to the next verification, which writes what the copy lacks).
+        The batch's chain entries are copied to ClickHouse every CHAIN_COPY_ENTRIES
+        entries and at the end of each run, in one INSERT (a copy that fails, or a
+        relay that dies first, is made good by the next verification, which writes
+        what the copy lacks).
         """
-        appended: list[chain.Entry] = []
         if delivery.delivered is None:
-            outcome = finish(batch, appended=appended), 0
+            outcome = finish(batch, appended=self._uncopied), 0
         else:
-            outcome = finish_checked(batch, delivery, delay=delay, appended=appended)
-        chain.copy_after_finish(
-            self.connect_clickhouse, appended, table=self.config.CLICKHOUSE_TABLE
-        )
+            outcome = finish_checked(batch, delivery, delay=delay, appended=self._uncopied)
+        if len(self._uncopied) >= CHAIN_COPY_ENTRIES:
+            self._copy_chain_entries()
         return outcome
+
+    def _copy_chain_entries(self) -> None:
+        """Copy the chain entries this relay appended to ClickHouse, in one INSERT."""
+        entries, self._uncopied = self._uncopied, []
+        chain.copy_after_finish(
+            self.connect_clickhouse, entries, table=self.config.CLICKHOUSE_TABLE
+        )
 
     # -- the loop --------------------------------------------------------------
 
@@ -123,7 +136,9 @@ class Relay:
         with trace("event_log.relay", "relay run") as span:
             try:
                 report = self._run(time_budget=time_budget, max_batches=max_batches)
+                self._copy_chain_entries()
             except BaseException:
+                self._uncopied = []  # the next verification copies them
                 self._drop_client()
                 raise
             finally:
