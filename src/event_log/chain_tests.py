@@ -264,18 +264,24 @@ def test_rows_older_than_the_chain_are_counted_not_reported(ch):
     assert report.chain is not None and report.chain.unchained_rows == 1
 
 
-@pytest.mark.parametrize("spans_in_query", [500, 0])
-def test_rows_are_checked_group_by_group_with_the_same_findings(ch, monkeypatch, spans_in_query):
+@pytest.mark.parametrize("group_events", [150, 100_000])
+def test_rows_are_checked_group_by_group_with_the_same_findings(ch, monkeypatch, group_events):
     published = publish_pings(500)
     run_relay(relay=Relay(config=fast_config(BATCH_SIZE=100)))
-    monkeypatch.setattr(verify_module, "GROUP_EVENTS", 150)
-    monkeypatch.setattr(verify_module, "_SPANS_IN_QUERY", spans_in_query)
+    monkeypatch.setattr(verify_module, "CHAIN_GROUP_EVENTS", group_events)
     assert_clean(verify())
-    victim, forged = published[250], uuid.uuid4()
+    victim, forged, claiming = published[250], uuid.uuid4(), uuid.uuid4()
     ch.command(f"DELETE FROM {ch.table} WHERE event_id = '{victim}'")
     ch.command(
         f"INSERT INTO {ch.table} ({', '.join(sql.CLICKHOUSE_COLUMNS)}) VALUES "
         f"('{forged}', 'ping', now64(6) + INTERVAL 1 HOUR, 'test', '{{}}', 1)"
+    )
+    # A forged row claiming a batch of the first group, at a time of the last one's.
+    first, last = entries()[0], entries()[-1]
+    at = last.first_event_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    ch.command(
+        f"INSERT INTO {ch.table} ({', '.join(sql.RELAY_COLUMNS)}) VALUES "
+        f"('{claiming}', 'ping', '{at}', 'test', '{{}}', 1, '{first.batch_id}')"
     )
 
     report = verify_log(
@@ -283,7 +289,7 @@ def test_rows_are_checked_group_by_group_with_the_same_findings(ch, monkeypatch,
     )
 
     assert report.missing == {victim}
-    assert report.extra == {forged: chain.NIL}
+    assert report.extra == {forged: chain.NIL, claiming: first.batch_id}
     assert (report.altered, report.duplicated) == ({}, {})
 
 

@@ -34,7 +34,6 @@ recorded in the window and reports, with batch ids:
 
 from __future__ import annotations
 
-import bisect
 import re
 import uuid
 from collections.abc import Iterator
@@ -57,6 +56,10 @@ logger = structlog.get_logger(__name__)
 # batches (each adds a time span to the query; max_query_size is 256 KiB).
 GROUP_EVENTS = 200_000
 GROUP_BATCHES = 1_000
+# The batch chain's rows are checked in groups of about this many rows, or of this
+# many batches (their ids and spans are inlined in the query: max_query_size).
+CHAIN_GROUP_EVENTS = 100_000
+CHAIN_GROUP_BATCHES = 500
 # Findings stored with a Verification (the command prints them all).
 STORED_FINDINGS = 1_000
 # Widen each batch's span a little: spans are merged and looked up as ranges, and
@@ -407,13 +410,14 @@ def _check_rows(
         for erasure in _fetch_entries(sql.CHAIN_ERASURES_FROM, {"position": entries[0].position}):
             erasures.update(erasure.pairs())
     unknown: list[Row] = []
-    looked_at: list[tuple[datetime, datetime]] = []
+    window_spans: Spans = {}
     for expected, spans in _entry_groups(entries, report, found):
         for event_id in erasures.keys() & expected.keys():
             expected[event_id].digest = erasures[event_id]
-        merged = _merged(spans)
-        looked_at += merged
-        for event_id, batch_id, at, digest in _stream_rows(ch, table, merged, digest=True):
+        window_spans |= spans
+        merged = _merged(list(spans.values()))
+        rows = _stream_rows(ch, table, merged, digest=True, batch_ids=set(spans))
+        for event_id, batch_id, at, digest in rows:
             want = expected.get(event_id)
             if want is None:
                 unknown.append((event_id, batch_id, at))
@@ -427,19 +431,29 @@ def _check_rows(
             elif want.copies == 0 and not want.expired:
                 report.missing.add(event_id)
                 report.missing_batches[event_id] = want.batch_id
-    # Rows of the window's event times outside every batch's span: forged, or older.
-    unknown += _window_rows_outside(ch, table, report, _merged(looked_at))
+    # Rows of the window's event times that no group read: of no batch of the window
+    # (forged, older than the chain, or of a batch finished outside the window), or
+    # claiming one of its batches outside that batch's span (forged).
+    window = [(report.since, report.until)]
+    for event_id, batch_id, at, _ in _stream_rows(ch, table, window, digest=False):
+        span = window_spans.get(batch_id)
+        moment = at if at.tzinfo else at.replace(tzinfo=UTC)
+        if span is None or not span[0] - _SPAN_MARGIN <= moment <= span[1] + _SPAN_MARGIN:
+            unknown.append((event_id, batch_id, at))
     _resolve_unknown(unknown, report, found, started_at=started_at)
+
+
+Spans = dict[uuid.UUID, tuple[datetime, datetime]]  # batch id -> its event-time span
 
 
 def _entry_groups(
     entries: list[chain.Entry], report: VerifyReport, found: ChainReport
-) -> Iterator[tuple[dict[uuid.UUID, _Expected], list[tuple[datetime, datetime]]]]:
-    """The window's delivered rows, in groups: each with its batch and digest, and the
-    event-time spans to read them in."""
+) -> Iterator[tuple[dict[uuid.UUID, _Expected], Spans]]:
+    """The window's delivered rows, in groups: each with its batch and digest, and each
+    batch's event-time span (where its rows are read)."""
     cutoff = _retention_cutoff(report.until)
     expected: dict[uuid.UUID, _Expected] = {}
-    spans: list[tuple[datetime, datetime]] = []
+    spans: Spans = {}
     for entry in entries:
         if entry.kind != chain.DELIVERY or entry.batch_id is None:
             continue
@@ -452,10 +466,14 @@ def _entry_groups(
         for event_id, digest in entry.pairs():
             expected[event_id] = _Expected(entry.batch_id, digest, straddles)
         if first is not None and last is not None:
-            spans.append((first, last))
-        if len(expected) >= GROUP_EVENTS or len(spans) >= GROUP_BATCHES:
+            # A batch finished in parts has several entries: one span covers them all.
+            known = spans.get(entry.batch_id)
+            spans[entry.batch_id] = (
+                (min(known[0], first), max(known[1], last)) if known else (first, last)
+            )
+        if len(expected) >= CHAIN_GROUP_EVENTS or len(spans) >= CHAIN_GROUP_BATCHES:
             yield expected, spans
-            expected, spans = {}, []
+            expected, spans = {}, {}
     if expected:
         yield expected, spans
 
@@ -474,47 +492,28 @@ def _span_condition(
 
 
 def _stream_rows(
-    ch: Client, table: str, spans: list[tuple[datetime, datetime]], *, digest: bool
+    ch: Client,
+    table: str,
+    spans: list[tuple[datetime, datetime]],
+    *,
+    digest: bool,
+    batch_ids: set[uuid.UUID] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """(event id, batch id, event time[, row digest]) of the rows in ``spans``, streamed."""
+    """(event id, batch id, event time, row digest or None) of the rows in ``spans``
+    (and of ``batch_ids``), streamed."""
     if not spans:
         return
     parameters: dict[str, str] = {}
+    where = f"({_span_condition(spans, parameters, '')})"
+    if batch_ids:
+        # The spans narrow the partitions and granules read; the batch ids, the rows.
+        where += f" AND batch_id IN ({', '.join(f"'{b}'" for b in sorted(batch_ids))})"
     statement = sql.CLICKHOUSE_ROW_DIGESTS.format(
-        digest=sql.row_digest_sql() if digest else "NULL",
-        table=table,
-        where=_span_condition(spans, parameters, ""),
+        digest=sql.row_digest_sql() if digest else "NULL", table=table, where=where
     )
     with ch.query_row_block_stream(statement, parameters=parameters) as stream:
         for block in stream:
             yield from block
-
-
-# Above this many spans the window's remaining rows are filtered here, not in the query
-# (max_query_size is 256 KiB).
-_SPANS_IN_QUERY = 500
-
-
-def _window_rows_outside(
-    ch: Client, table: str, report: VerifyReport, spans: list[tuple[datetime, datetime]]
-) -> list[Row]:
-    window = [(report.since, report.until)]
-    if len(spans) <= _SPANS_IN_QUERY:
-        parameters: dict[str, str] = {}
-        where = _span_condition(window, parameters, "w")
-        if spans:
-            where = f"({where}) AND NOT ({_span_condition(spans, parameters, '')})"
-        statement = sql.CLICKHOUSE_ROW_DIGESTS.format(digest="NULL", table=table, where=where)
-        with ch.query_row_block_stream(statement, parameters=parameters) as stream:
-            return [(row[0], row[1], row[2]) for block in stream for row in block]
-    starts = [first - _SPAN_MARGIN for first, _ in spans]
-    outside = []
-    for event_id, batch_id, at, _ in _stream_rows(ch, table, window, digest=False):
-        moment = at if at.tzinfo else at.replace(tzinfo=UTC)
-        i = bisect.bisect_right(starts, moment) - 1
-        if i < 0 or moment > spans[i][1] + _SPAN_MARGIN:
-            outside.append((event_id, batch_id, at))
-    return outside
 
 
 def _resolve_unknown(
