@@ -295,8 +295,9 @@ def test_a_dropped_connection_over_http_is_transient(clickhouse_http):
 
 def test_rows_the_engine_refuses_over_http_are_a_data_error(clickhouse_http):
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    not_json = f"{uuid.uuid4()}\tping\t{now}\ttest\t{{oops\t1\n".encode()
-    not_a_date = f"{uuid.uuid4()}\tping\tyesterday\ttest\t{{}}\t1\n".encode()
+    batch = uuid.uuid4()
+    not_json = f"{uuid.uuid4()}\tping\t{now}\ttest\t{{oops\t1\t{batch}\n".encode()
+    not_a_date = f"{uuid.uuid4()}\tping\tyesterday\ttest\t{{}}\t1\t{batch}\n".encode()
 
     constraint = _insert_error(clickhouse_http.url, not_json)
     parse = _insert_error(clickhouse_http.url, not_a_date)
