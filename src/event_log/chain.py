@@ -11,7 +11,8 @@ chain, appended in the PostgreSQL transaction that makes it final:
 An entry lists its rows as (event id, row digest) pairs sorted by event id. A row's
 digest is SHA-256 of its canonical text: the columns of ``sql.CLICKHOUSE_COLUMNS`` as
 text, joined by tabs, with backslash, tab and newline escaped (``\\\\``, ``\\t``,
-``\\n``) and NULL as ``\\N``. The relay computes it from the TabSeparated rows it
+``\\n``) and NULL as empty text (a NULL sent to a column that is not Nullable is
+stored as its default). The relay computes it from the TabSeparated rows it
 sends; ClickHouse computes the same from the rows it holds (``sql.row_digest_sql``),
 so a row can be checked without leaving ClickHouse. An entry's digest covers its
 kind, batch and pairs; the chain's digest at position *n* is
@@ -57,9 +58,10 @@ KINDS = (DELIVERY, DEAD_LETTER, REPLAY, ERASURE)
 
 # The batch id the relay appends to each row: a tab and 36 characters, then the newline.
 _BATCH_ID_SUFFIX = len("\t") + 36 + len("\n")
-# PostgreSQL's COPY escapes these four as well; the canonical text keeps them raw.
+# PostgreSQL's COPY escapes these four as well; the canonical text keeps them raw. Its
+# NULL (\N, only ever a whole field) is empty text.
 _COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
-_RAW = {b"b": b"\b", b"f": b"\f", b"r": b"\r", b"v": b"\v"}
+_RAW = {b"b": b"\b", b"f": b"\f", b"r": b"\r", b"v": b"\v", b"N": b""}
 
 
 def _canonical_escape(match: re.Match[bytes]) -> bytes:

@@ -513,3 +513,10 @@ def test_the_clickhouse_copy_insert_failing_leaves_the_batch_delivered(ch, monke
     verified = verify()
     assert_clean(verified)
     assert verified.chain is not None and verified.chain.copied == 1
+
+
+def test_the_canonical_text_undoes_only_what_copy_escapes_beyond_tab_newline_backslash():
+    batch = uuid.uuid4()
+    line = f"a\\r\\b\\f\\v\tb\\\\N\\t\\n\\\\\t\\N\tc\t{batch}\n".encode()
+
+    assert chain.canonical_row(line) == b"a\r\b\f\v\tb\\\\N\\t\\n\\\\\t\tc"

@@ -410,10 +410,10 @@ BATCHES_IN_FLIGHT = "SELECT id FROM event_log_batch WHERE id = ANY(%(batch_ids)s
 def row_digest_sql(columns: tuple[str, ...] = CLICKHOUSE_COLUMNS) -> str:
     """ClickHouse's expression for a row's digest, as event_log.chain computes it from the
     text the relay sends: SHA-256 of the columns' text (``toString``) joined by tabs, with
-    backslash, tab and newline escaped and NULL as ``\\N`` (32 bytes)."""
+    backslash, tab and newline escaped and NULL as empty text (32 bytes)."""
     fields = [
         f"ifNull(replaceAll(replaceAll(replaceAll(toString(`{column}`), '\\\\', '\\\\\\\\'), "
-        f"'\\t', '\\\\t'), '\\n', '\\\\n'), '\\\\N')"
+        f"'\\t', '\\\\t'), '\\n', '\\\\n'), '')"
         for column in columns
     ]
     return f"SHA256(concat({", '\\t', ".join(fields)}))"
