@@ -34,7 +34,8 @@ def main(rows: int) -> None:
     schema.apply_migrations(ch)
     started = time.perf_counter()
     ch.command(
-        "INSERT INTO event_log SELECT generateUUIDv4(), 'user_created', "
+        "INSERT INTO event_log (event_id, event_type, event_date_time, environment, "
+        "event_context, metadata_version) SELECT generateUUIDv4(), 'user_created', "
         "toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalSecond(number * 31), "
         "'bench', concat('{\"user_id\":', toString(intDiv(number, 5)), "
         '\',"email":"user\', toString(number), \'@example.com","first_name":"Ada",'
