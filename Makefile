@@ -52,10 +52,12 @@ test: venv services ## run the whole test suite (fault-injection included)
 test-faults: venv services ## run only the fault-injection suite
 	$(BIN)/pytest -m faults $(PYTEST_ARGS)
 
-lint: venv ## ruff, format check, mypy, Compose/Dockerfile/workflow checks
+lint: venv ## ruff, format check, mypy, event catalogue and JSON Schemas, Compose/Dockerfile/workflow checks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
+	$(MANAGE) event_log_catalogue --check
+	$(BIN)/check-jsonschema --check-metaschema docs/events/*.json
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml

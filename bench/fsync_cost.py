@@ -22,11 +22,14 @@ TABLES = {"on": "bench_fsync_on", "off": "bench_fsync_off"}
 
 
 def _block(rows: int, start: datetime) -> tuple[bytes, list[uuid.UUID]]:
+    from event_log import sql  # noqa: PLC0415 (Django is set up by the harness first)
+
+    envelope = "\t" * len(sql.ENVELOPE_COLUMNS)  # empty
     ids = [uuid.uuid4() for _ in range(rows)]
     lines = [
         f"{event_id}\tuser_created\t{start + timedelta(microseconds=i):%Y-%m-%d %H:%M:%S.%f}"
         f'\tbench\t{{"user_id":{i},"email":"user{i}@example.com","first_name":"Ada",'
-        f'"last_name":"Lovelace"}}\t1\n'
+        f'"last_name":"Lovelace"}}\t1{envelope}\n'
         for i, event_id in enumerate(ids)
     ]
     return "".join(lines).encode(), ids

@@ -269,6 +269,8 @@ def publish_backlog(n: int, *, chunk: int = 1_000, start: int = 0) -> list[uuid.
 
 
 TEMPLATE_TABLE = "bench_backlog_template"
+# The envelope's columns (event_log.sql.ENVELOPE_COLUMNS), copied with the events.
+ENVELOPE = "actor_type, actor_id, subject_type, subject_id, request_id, traceparent"
 
 
 def make_backlog_template(n: int) -> None:
@@ -285,7 +287,8 @@ def make_backlog_template(n: int) -> None:
         cur.execute(f"DROP TABLE IF EXISTS {TEMPLATE_TABLE}")
         cur.execute(
             f"CREATE TABLE {TEMPLATE_TABLE} AS SELECT row_number() OVER (ORDER BY id) - 1 AS n, "
-            "event_type, environment, event_context, metadata_version FROM event_log_outbox"
+            f"event_type, environment, event_context, metadata_version, {ENVELOPE} "
+            "FROM event_log_outbox"
         )
         cur.execute(f"CREATE UNIQUE INDEX ON {TEMPLATE_TABLE} (n)")
         cur.execute("TRUNCATE event_log_outbox, event_log_batch")
@@ -300,10 +303,11 @@ def fill_backlog(n: int) -> list[uuid.UUID]:
         size = int(cur.fetchone()[0])
         cur.execute(
             "INSERT INTO event_log_outbox (event_id, event_type, event_date_time, environment,"
-            " event_context, metadata_version)"
+            f" event_context, metadata_version, {ENVELOPE})"
             " SELECT gen_random_uuid(), t.event_type, clock_timestamp(), t.environment,"
-            " t.event_context, t.metadata_version"
-            f" FROM generate_series(0, %s - 1) AS g JOIN {TEMPLATE_TABLE} AS t ON t.n = g %% %s"
+            " t.event_context, t.metadata_version, "
+            + ", ".join(f"t.{column}" for column in ENVELOPE.split(", "))
+            + f" FROM generate_series(0, %s - 1) AS g JOIN {TEMPLATE_TABLE} AS t ON t.n = g %% %s"
             " ORDER BY g",
             [n, size],
         )

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import envelope_lookup
+
 # The performance targets (docs/performance.md).
 RELAY_VS_BASELINE_MIN = 0.80
 RELAY_TARGET_MIN_BATCH = 1_000
@@ -121,6 +123,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             "fsync on insert: both tables hold every row once",
             f"{f['batches']} INSERTs of {f['rows_per_batch']:,} rows each",
             "OK" if f["exactly_once"] else "FAIL",
+        )
+    if "lookup" in results:
+        lookup = results["lookup"]
+        add(
+            "envelope lookups find the same rows with and without the skip indexes",
+            ", ".join(
+                f"{name} {entry['indexed']['rows_found_total']}"
+                for name, entry in lookup["lookups"].items()
+            ),
+            "OK" if all(entry["same_rows"] for entry in lookup["lookups"].values()) else "FAIL",
         )
     if "load" in results:
         load = results["load"]
@@ -371,12 +383,14 @@ def render(results: dict[str, Any]) -> str:
         ]
     if "load" in results:
         out += ["", *load_lines(results["load"])]
+    if "lookup" in results:
+        out += ["", "8. envelope lookups", *envelope_lookup.render(results["lookup"])]
     if "chain" in results:
         c = results["chain"]
         v = c["verification"]
         out += [
             "",
-            f"8. Batch chain — draining {c['backlog']:,} events in batches of "
+            f"9. Batch chain — draining {c['backlog']:,} events in batches of "
             f"{c['batch_size']:,} with and without it; one verification",
             table(
                 ["relays", "with chain ev/s", "without ev/s", "with/without"],
@@ -450,7 +464,7 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def _loads(results: dict[str, Any]) -> str:
     parts = []
-    for section in ("publish", "throughput", "latency", "memory", "fsync", "load", "chain"):
+    for section in ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup", "chain"):
         load = results.get(section, {}).get("loadavg_before")
         if load:
             parts.append(f"{section} {load[0]:.2f}")

@@ -11,7 +11,9 @@
 6. fsync — the same INSERTs into a table with fsync on insert and one without;
 7. load — the deployed service under HTTP load and a ClickHouse outage
    (``make loadtest``, ``loadtest``);
-8. chain — relay throughput with and without the batch chain, and the cost of
+8. lookup — the envelope's lookups (subject, request, actor) on millions of rows,
+   with and without the skip indexes (``envelope_lookup``).
+9. chain — relay throughput with and without the batch chain, and the cost of
    ``event_log_verify`` over a million delivered events (``chain_cost``).
 
 The run uses databases of its own (see ``harness``), prints a table and writes
@@ -35,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chain_cost
+import envelope_lookup
 import fsync_cost
 import harness
 import latency
@@ -44,7 +47,7 @@ import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "chain")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup", "chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class Sizes:
     sample_every: int
     fsync_batches: int
     fsync_rows: int
+    lookup_rows: int
     chain_backlog: int
     chain_batch_size: int
     chain_rounds: int
@@ -84,6 +88,7 @@ FULL = Sizes(
     sample_every=1,
     fsync_batches=40,
     fsync_rows=5_000,
+    lookup_rows=5_000_000,
     chain_backlog=100_000,
     chain_batch_size=10_000,
     chain_rounds=3,
@@ -104,6 +109,7 @@ QUICK = Sizes(
     sample_every=1,
     fsync_batches=6,
     fsync_rows=5_000,
+    lookup_rows=500_000,
     chain_backlog=10_000,
     chain_batch_size=1_000,
     chain_rounds=1,
@@ -232,9 +238,24 @@ def main() -> int:
             results["fsync"] = _timed(
                 lambda: fsync_cost.run(probe, batches=sizes.fsync_batches, rows=sizes.fsync_rows)
             )
+        if "load" in only:
+            config = loadtest.Config.from_env()
+            say(
+                f"7. load held: gunicorn, Celery worker and Beat as deployed; "
+                f"{config.step_seconds:g} s ramp steps"
+            )
+            results["load"] = _timed(
+                lambda: loadtest.run(bench, probe, workdir, config=config, progress=say)
+            )
+        if "lookup" in only:
+            say(
+                f"8. envelope lookups: {sizes.lookup_rows:,} events, with and without the "
+                "skip indexes"
+            )
+            results["lookup"] = _timed(lambda: _lookup(probe, rows=sizes.lookup_rows))
         if "chain" in only:
             say(
-                f"8. batch chain: backlog of {sizes.chain_backlog:,} events with and without "
+                f"9. batch chain: backlog of {sizes.chain_backlog:,} events with and without "
                 f"it; verification of {sizes.verify_events:,} events"
             )
             results["chain"] = _timed(
@@ -247,15 +268,6 @@ def main() -> int:
                     verify_events=sizes.verify_events,
                     progress=say,
                 )
-            )
-        if "load" in only:
-            config = loadtest.Config.from_env()
-            say(
-                f"7. load held: gunicorn, Celery worker and Beat as deployed; "
-                f"{config.step_seconds:g} s ramp steps"
-            )
-            results["load"] = _timed(
-                lambda: loadtest.run(bench, probe, workdir, config=config, progress=say)
             )
     finally:
         from django.db import connections  # noqa: PLC0415
@@ -280,6 +292,11 @@ def main() -> int:
     print(f"\nwritten: bench/results/bench-{stamp}.json and bench/results/latest.json")
     failed = [t for t in results["targets"] if t["status"] == "FAIL"]
     return 1 if failed else 0
+
+
+def _lookup(probe: harness.ClickHouseProbe, *, rows: int) -> dict[str, Any]:
+    with probe.opened():
+        return envelope_lookup.run(probe._client, rows=rows)
 
 
 def _timed(action: Any) -> dict[str, Any]:

@@ -42,8 +42,23 @@ BASELINE_DELETE = """
 DELETE FROM event_log_outbox WHERE id IN (
     SELECT id FROM event_log_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
 )
-RETURNING event_id, event_type, event_date_time, environment, event_context, metadata_version
+RETURNING event_id, event_type, event_date_time, environment, event_context, metadata_version,
+          actor_type, actor_id, subject_type, subject_id, request_id, traceparent
 """
+BASELINE_COLUMNS = [
+    "event_id",
+    "event_type",
+    "event_date_time",
+    "environment",
+    "event_context",
+    "metadata_version",
+    "actor_type",
+    "actor_id",
+    "subject_type",
+    "subject_id",
+    "request_id",
+    "traceparent",
+]
 
 
 class Drainer(Protocol):
@@ -71,9 +86,6 @@ class BaselineRelay:
         self.ch = clickhouse.connect(self.bench.clickhouse_url)
 
     def drain(self) -> tuple[int, int]:
-        from event_log import sql  # noqa: PLC0415
-
-        columns = list(sql.CLICKHOUSE_COLUMNS)
         inserts = events = 0
         while True:
             with self.pg.transaction(), self.pg.cursor() as cur:
@@ -81,7 +93,9 @@ class BaselineRelay:
                 rows = cur.fetchall()
                 if not rows:
                     return inserts, events
-                self.ch.insert(self.table, rows, column_names=columns, settings={"async_insert": 0})
+                self.ch.insert(
+                    self.table, rows, column_names=BASELINE_COLUMNS, settings={"async_insert": 0}
+                )
             inserts += 1
             events += len(rows)
 

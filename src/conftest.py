@@ -26,7 +26,7 @@ from django.db import transaction
 from sentry_sdk.transport import Transport
 
 from core.sentry import configure_sentry
-from event_log import Event, clickhouse, publish, schema
+from event_log import Event, clickhouse, publish, schema, sql
 
 SRC = Path(__file__).resolve().parent
 # Names of this test run's own Redis keys and Celery queue, so that a worker or a
@@ -210,6 +210,24 @@ def publish_pings(count: int, *, chunk: int = 5_000) -> list[uuid.UUID]:
         with transaction.atomic():
             ids += publish(*(Ping(n=i) for i in range(start, min(count, start + chunk))))
     return ids
+
+
+def tsv_line(
+    event_id: Any,
+    event_type: str,
+    at: Any,
+    context: str = "{}",
+    *,
+    environment: str = "test",
+    batch_id: Any = None,
+) -> bytes:
+    """One row as the relay sends it (TabSeparated, ``sql.RELAY_COLUMNS``), written by
+    hand: ``metadata_version`` 1, the envelope empty, then ``batch_id`` (a new one
+    unless given)."""
+    fields = [str(event_id), event_type, str(at), environment, context, "1"]
+    fields += [""] * (len(sql.CLICKHOUSE_COLUMNS) - len(fields))
+    fields.append(str(batch_id if batch_id is not None else uuid.uuid4()))
+    return ("\t".join(fields) + "\n").encode()
 
 
 def assert_exactly_once(ch: ClickHouseProbe, published: list[uuid.UUID]) -> None:

@@ -62,6 +62,13 @@ def test_only_the_containers_that_use_clickhouse_get_its_credentials(service, us
         assert url.startswith(f"http://{user}:${{CLICKHOUSE_")
 
 
+def test_searches_from_the_web_container_read_clickhouse_as_the_read_only_reader():
+    assert _env("web")["CLICKHOUSE_READER_URL"].startswith(
+        "http://reader:${CLICKHOUSE_READER_PASSWORD:?"
+    )
+    assert "CLICKHOUSE_READER_URL" not in _env("worker")
+
+
 def test_redis_requires_a_password_and_the_apps_send_it():
     redis = _compose()["services"]["redis"]
 

@@ -158,8 +158,10 @@ def choice(name: str, *, choices: tuple[str, ...], default: str) -> str:
     return value
 
 
-def clickhouse_url(name: str) -> str:
+def clickhouse_url(name: str, *, default: str | None = None) -> str:
     """``CLICKHOUSE_URL``: ``http(s)://…`` for a server or ``chdb:`` for the embedded engine.
+
+    Without ``default`` the variable is required; with one, an unset variable gives it.
 
     A server URL needs a host; a port, when given, is a number from 1 to 65535; the
     path names at most one database. An embedded URL needs a data folder: without one
@@ -168,6 +170,8 @@ def clickhouse_url(name: str) -> str:
     it is refused. A relative folder (``chdb:var/clickhouse``) is resolved against the
     repository root so it means the same folder whatever the working directory.
     """
+    if default is not None and not optional(name):
+        return default
     value = url(name, schemes=("http", "https", "chdb"))
     if value.startswith("chdb:"):
         return _embedded_clickhouse_url(name, value)

@@ -57,6 +57,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The actor of the events a request publishes (event_log.envelope).
+    "event_log.envelope.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.RequestIdSanitizerMiddleware",
@@ -242,6 +244,9 @@ DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = env.boolean("TRUST_UPSTREAM_REQUEST
 
 # ClickHouse: a server (http/https) or the embedded engine (chdb:).
 CLICKHOUSE_URL = env.clickhouse_url("CLICKHOUSE_URL")
+# Searches (event_log_search, the admin's "Event log" page) read ClickHouse as this
+# user, read-only on a server; empty: as CLICKHOUSE_URL.
+CLICKHOUSE_READER_URL = env.clickhouse_url("CLICKHOUSE_READER_URL", default="")
 
 # The event log (see event_log.conf for the meaning of each knob).
 EVENT_LOG_RELAY_INTERVAL = env.number("EVENT_LOG_RELAY_INTERVAL", default=2.0, minimum=0.1)

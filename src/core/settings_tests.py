@@ -59,6 +59,7 @@ def test_missing_required_variable_stops_start_up_with_one_line_naming_it(name):
         ("CLICKHOUSE_URL", "http://clickhouse:port/default"),
         ("CLICKHOUSE_URL", "http://:8123/default"),
         ("CLICKHOUSE_URL", "http://clickhouse:8123/one/two"),
+        ("CLICKHOUSE_READER_URL", "ftp://reader@clickhouse"),
         ("ENV_FILE", "no-such-settings.env"),
     ],
 )
@@ -84,6 +85,17 @@ def test_relative_embedded_clickhouse_path_resolves_against_the_repository(monke
     monkeypatch.chdir(tmp_path)
 
     assert env.clickhouse_url("CLICKHOUSE_URL") == f"chdb://{env.REPO_ROOT / 'var' / 'clickhouse'}"
+
+
+def test_the_reader_url_is_optional_and_checked_like_clickhouse_url_when_set(monkeypatch):
+    from core import env
+
+    monkeypatch.delenv("CLICKHOUSE_READER_URL", raising=False)
+    assert env.clickhouse_url("CLICKHOUSE_READER_URL", default="") == ""
+    monkeypatch.setenv("CLICKHOUSE_READER_URL", "http://reader:pw@clickhouse:8123/die_hard")
+    assert env.clickhouse_url("CLICKHOUSE_READER_URL", default="") == (
+        "http://reader:pw@clickhouse:8123/die_hard"
+    )
 
 
 def test_a_relative_env_file_is_read_relative_to_the_repository_root(monkeypatch, tmp_path):

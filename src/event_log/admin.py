@@ -5,16 +5,19 @@ from typing import Any
 
 import structlog
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
 
 from event_log.control import CONTROL_ID, batches_retry_now, relays_pause, relays_resume
 from event_log.dead_letter_audit import context_change
 from event_log.dead_letters import dead_letters_replay, with_timestamps_as_text
-from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayControl
+from event_log.models import DeadLetter, EventLogEntry, OutboxBatch, OutboxEvent, RelayControl
+from event_log.search_admin import search_page
+from event_log.sql import ENVELOPE_COLUMNS
 
 logger = structlog.get_logger(__name__)
 
@@ -49,6 +52,7 @@ class DeadLetterAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "event_time",
         "environment",
         "metadata_version",
+        *ENVELOPE_COLUMNS,
         "error",
         "error_code",
         "attempts",
@@ -145,6 +149,7 @@ class OutboxEventAdmin(ReadOnlyAdmin):
         "environment",
         "event_context",
         "metadata_version",
+        *ENVELOPE_COLUMNS,
         "batch",
     )
 
@@ -276,3 +281,37 @@ class RelayControlAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 def _who(request: HttpRequest) -> str:
     return f"{request.user.get_username()} (admin)"
+
+
+@admin.register(EventLogEntry)
+class EventLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The "Event log" page: a read-only search of ClickHouse (event_log.search_admin),
+    for staff who hold ``event_log.view_event_log``; nothing to add, change or delete."""
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("event_log.view_event_log")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        opts = self.model._meta
+        return [
+            path(
+                "",
+                self.admin_site.admin_view(self.search_view),
+                name=f"{opts.app_label}_{opts.model_name}_changelist",
+            )
+        ]
+
+    def search_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta}
+        return search_page(request, context)

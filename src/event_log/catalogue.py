@@ -1,5 +1,5 @@
 """The event catalogue: every event type the installed apps publish, with its fields,
-which of them are personal, and whose data they are.
+which of them are personal, whose data they are, and how long ClickHouse keeps them.
 
 Events are found in each installed app's ``events`` module (``users.events``), so
 the catalogue lists what production code publishes, not test doubles.
@@ -26,6 +26,7 @@ class EventEntry:
     subject: tuple[str, str] | None
     fields: tuple[tuple[str, str], ...]  # (name, type)
     personal: tuple[str, ...]
+    retention_days: int | None  # None: the table's EVENT_LOG_RETENTION_DAYS
 
 
 def event_classes() -> list[type[Event]]:
@@ -68,6 +69,7 @@ def catalogue() -> list[EventEntry]:
                 (name, _type_name(field.annotation)) for name, field in cls.model_fields.items()
             ),
             personal=personal_fields(cls),
+            retention_days=cls.retention_days,
         )
         for cls in event_classes()
     ]
@@ -78,6 +80,24 @@ def personal_fields_by_event_type() -> dict[str, tuple[str, ...]]:
     return {entry.event_type: entry.personal for entry in catalogue()}
 
 
+def retention_days_by_event_type() -> dict[str, int]:
+    """``{event_type: days}`` for the catalogued event types that declare their own
+    retention (0: for ever); the others follow ``EVENT_LOG_RETENTION_DAYS``."""
+    return {
+        entry.event_type: entry.retention_days
+        for entry in catalogue()
+        if entry.retention_days is not None
+    }
+
+
+def _retention_text(days: int | None) -> str:
+    if days is None:
+        return "the table's (`EVENT_LOG_RETENTION_DAYS`)"
+    if days == 0:
+        return "kept for ever, whatever `EVENT_LOG_RETENTION_DAYS` says"
+    return f"{days} days after the event, whatever `EVENT_LOG_RETENTION_DAYS` says"
+
+
 def render_catalogue() -> str:
     """``docs/events.md``: the catalogue as Markdown."""
     lines = [
@@ -86,7 +106,12 @@ def render_catalogue() -> str:
         "Generated from the code by `manage.py event_log_catalogue --write`; a test",
         "fails when this page and the code differ. A personal field holds personal data:",
         "it is erased with its subject (`manage.py event_log_erase`) and kept no longer",
-        "than the event log's retention (see docs/data-protection.md).",
+        "than its event type's retention in ClickHouse (see docs/data-protection.md).",
+        "",
+        "Each event type's fields are also a JSON Schema, one file per `metadata_version`:",
+        "`docs/events/<event_type>.v<version>.json`. `make lint` fails when an event's fields",
+        "change and its `metadata_version` does not; the files of earlier versions stay, for",
+        "the rows written under them.",
         "",
     ]
     for entry in catalogue():
@@ -94,7 +119,11 @@ def render_catalogue() -> str:
         lines += [
             f"## `{entry.event_type}` ({entry.name})",
             "",
-            f"metadata_version {entry.metadata_version}; subject: {subject}",
+            f"metadata_version {entry.metadata_version}; subject: {subject}; JSON Schema: "
+            f"[{entry.event_type}.v{entry.metadata_version}.json]"
+            f"(events/{entry.event_type}.v{entry.metadata_version}.json)",
+            "",
+            f"retention: {_retention_text(entry.retention_days)}",
             "",
             "| field | type | personal |",
             "| --- | --- | --- |",

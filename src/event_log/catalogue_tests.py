@@ -5,8 +5,12 @@ from typing import Annotated
 import pytest
 
 from core.env import REPO_ROOT
-from event_log.catalogue import personal_fields_by_event_type, render_catalogue
-from event_log.events import Event, EventDefinitionError, Personal, personal_fields
+from event_log.catalogue import (
+    personal_fields_by_event_type,
+    render_catalogue,
+    retention_days_by_event_type,
+)
+from event_log.events import Event, EventDefinitionError, Personal, SubjectErased, personal_fields
 from users.events import UserCreated
 
 
@@ -42,3 +46,19 @@ def test_a_subject_naming_no_field_is_refused_at_definition():
         class Misnamed(Event):
             subject = ("user", "uid")
             user_id: int
+
+
+def test_the_catalogue_shows_each_event_type_s_own_retention(monkeypatch):
+    monkeypatch.setattr(UserCreated, "retention_days", 30)
+    monkeypatch.setattr(SubjectErased, "retention_days", 0)
+
+    assert retention_days_by_event_type() == {"subject_erased": 0, "user_created": 30}
+    text = render_catalogue()
+    user_created = text.split("## `user_created`")[1]
+    assert "retention: 30 days after the event" in user_created
+    assert "retention: kept for ever" in text.split("## `subject_erased`")[1]
+
+
+def test_an_event_type_without_its_own_retention_follows_the_table_s():
+    assert retention_days_by_event_type() == {}
+    assert "retention: the table's (`EVENT_LOG_RETENTION_DAYS`)" in render_catalogue()

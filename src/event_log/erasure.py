@@ -4,20 +4,28 @@
 marked :class:`~event_log.events.Personal` in the events whose class declares that
 subject (``subject = ("user", "user_id")``), in the order that leaves no copy behind:
 
-1. **the outbox** (one transaction, rows locked): events not yet delivered are
-   delivered without the data. A sealed batch is safe to rewrite: the relay re-reads
-   its rows (COPY) on every attempt and, before re-sending, looks up which of them
-   ClickHouse already holds, so a re-send carries the erased text or nothing;
+1. **the outbox** (one transaction; the sealed batches holding the subject's rows
+   locked first, as a relay locks them, then the rows): events not yet delivered are
+   delivered without the data. Those batches are *fenced*: taken over as a new
+   attempt (``sql.FENCE_BATCHES``, ADR 0009) and released at once. A relay that
+   copied the old text before, even one paused past its lease, then finds its lease
+   renewal refused right before its INSERT and sends nothing; the next relay re-reads
+   the rewritten rows and, as for every re-sent batch, first looks up which of them
+   ClickHouse already holds;
 2. **the dead letters**, in the same transaction (a replay sends the erased text);
-3. **ClickHouse**, after any sealed batch holding the subject's rows has been
-   delivered or its lease has run out (a relay that read the old text before step 1
-   may still be inserting it until then; its lease fences it afterwards): one
-   ``ALTER TABLE … UPDATE`` mutation rewriting ``event_context`` of the subject's
-   rows, waited for (``mutations_sync = 2``). See docs/adr/0012-erasure-by-mutation.md.
+3. **ClickHouse**: one ``ALTER TABLE … UPDATE`` mutation rewriting ``event_context``
+   of the subject's rows, waited for (``mutations_sync = 2``). See
+   docs/adr/0012-erasure-by-mutation.md;
+4. **a follow-up pass** when batches were fenced: a relay that renewed its lease just
+   before the fence may have its INSERT (old text) land after step 3. Such an INSERT
+   ends within ``EVENT_LOG_INSERT_TIMEOUT`` of being sent and is sent within a lease
+   of the renewal, so :func:`erase_subject_in_clickhouse` runs step 3 again that much
+   later (a Celery task with a countdown; idempotent, logged).
 
-The rewritten rows' new digests are then appended to the batch chain as an
-``erasure`` entry (event_log.chain), so ``event_log_verify`` expects the erased text,
-and the erasure is published as :class:`~event_log.events.SubjectErased` (counts
+The rows step 3 rewrote, with their new digests, are then appended to the batch
+chain as an ``erasure`` entry (event_log.chain), so ``event_log_verify`` expects the
+erased text (the follow-up pass appends one for the rows it rewrites), and the
+erasure is published as :class:`~event_log.events.SubjectErased` (counts
 and subject id only), in the same transaction. Running it again is harmless: rows
 already erased are not rewritten.
 """
@@ -25,13 +33,14 @@ already erased are not rewritten.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import Any
 
 import structlog
+from clickhouse_connect.driver.client import Client
 from django.db import connection, transaction
 from django.db.models import Q
 
@@ -67,9 +76,13 @@ class ErasureReport:
     subject: str
     event_types: list[str] = field(default_factory=list)
     outbox_events: int = 0
+    # Sealed batches holding the subject's rows, fenced and released (step 1).
     in_flight_batches: int = 0
     dead_letters: int = 0
     clickhouse_events: int = 0
+    # Seconds until the follow-up pass in ClickHouse (step 4); None when no batch was
+    # fenced, or when it could not be queued (then: run the erasure again that late).
+    follow_up_in_s: float | None = None
 
 
 def parse_subject(subject: str) -> tuple[str, str, list[SubjectEvents]]:
@@ -125,10 +138,21 @@ def _text_mentions(id_field: str, subject_id: str) -> Q:
     )
 
 
-def _erase_outbox(types: list[SubjectEvents], subject_id: str) -> tuple[int, dict[str, datetime]]:
-    """Rewrite the subject's outbox rows; returns (rows, {batch id: lease end at erasure})."""
+def _erase_outbox(types: list[SubjectEvents], subject_id: str) -> tuple[int, int]:
+    """Rewrite the subject's outbox rows and fence the sealed batches holding them;
+    returns (rows rewritten, batches fenced). Runs inside the caller's transaction."""
+    mentions = Q()
+    for kind in types:
+        mentions |= _text_mentions(kind.id_field, subject_id) & Q(event_type=kind.event_type)
+    # Batches first, then rows: a relay finishing a batch locks them in that order,
+    # and the other order could deadlock with it.
+    locked = _lock_batches(
+        OutboxEvent.objects.filter(mentions, batch_id__isnull=False)
+        .values_list("batch_id", flat=True)
+        .distinct()
+    )
     erased = 0
-    leases: dict[str, datetime] = {}
+    touched: set[str] = set()
     for kind in types:
         # Narrowed in SQL by the text publish() writes ("user_id":42), decided in
         # Python; locked so that no relay seals a row half-way through.
@@ -146,10 +170,25 @@ def _erase_outbox(types: list[SubjectEvents], subject_id: str) -> tuple[int, dic
             OutboxEvent.objects.filter(id=row_id).update(event_context=new)
             erased += 1
             if batch_id is not None:
-                leases[str(batch_id)] = datetime.now(UTC)
-    for batch in OutboxBatch.objects.filter(id__in=list(leases)):
-        leases[str(batch.id)] = batch.lease_until
-    return erased, leases
+                touched.add(str(batch_id))
+    # A row sealed between the first look and its lock: its batch is fenced too.
+    _lock_batches(touched - locked)
+    if not touched:
+        return erased, 0
+    with connection.cursor() as cur:
+        cur.execute(sql.FENCE_BATCHES, {"batch_ids": sorted(touched)})
+        return erased, len(cur.fetchall())
+
+
+def _lock_batches(batch_ids: Iterable[Any]) -> set[str]:
+    """Lock these sealed batches (in id order); returns the ids of those that exist."""
+    return {
+        str(batch_id)
+        for batch_id in OutboxBatch.objects.select_for_update()
+        .filter(id__in=list(batch_ids))
+        .order_by("id")
+        .values_list("id", flat=True)
+    }
 
 
 def _erase_dead_letters(types: list[SubjectEvents], subject_id: str) -> int:
@@ -172,34 +211,21 @@ def _erase_dead_letters(types: list[SubjectEvents], subject_id: str) -> int:
     return erased
 
 
-def _wait_for_batches(leases: dict[str, datetime], *, timeout: float) -> None:
-    """Until each batch is gone from the outbox or its lease (as it was at erasure) ran out."""
-    deadline = time.monotonic() + timeout
-    while leases and time.monotonic() < deadline:
-        live = {
-            str(batch_id)
-            for batch_id in OutboxEvent.objects.filter(batch_id__in=list(leases))
-            .values_list("batch_id", flat=True)
-            .distinct()
-        }
-        now = datetime.now(UTC)
-        leases = {b: end for b, end in leases.items() if b in live and end > now}
-        if leases:
-            time.sleep(0.2)
-
-
 def _chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> list[tuple[uuid.UUID, bytes]]:
-    """Rewrite the subject's rows in ClickHouse; returns each rewritten row's event id
-    and new digest (as event_log.chain computes it), read back after the mutation."""
+def _erase_clickhouse(
+    types: list[SubjectEvents], subject_id: str, client: Client | None = None
+) -> dict[uuid.UUID, bytes]:
+    """Rewrite the subject's rows in ClickHouse (with ``client``, or a client of its
+    own); returns each rewritten row's new digest (as event_log.chain computes it) by
+    event id, read back after the mutation."""
     table = event_log_settings().CLICKHOUSE_TABLE
     raw_ids = [clickhouse.quote(subject_id), clickhouse.quote(json.dumps(subject_id))]
-    erased: list[tuple[uuid.UUID, bytes]] = []
-    with clickhouse.client() as ch:
+    erased: dict[uuid.UUID, bytes] = {}
+    with nullcontext(client) if client is not None else clickhouse.client() as ch:
         for kind in types:
             rows = clickhouse.query_rows(
                 ch,
@@ -227,7 +253,7 @@ def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> list[tuple
                     )
                 except Exception as exc:
                     raise clickhouse.ClickHouseError.from_exception(exc) from exc
-                erased += [
+                erased.update(
                     (event_id, bytes(digest))
                     for event_id, digest in clickhouse.query_rows(
                         ch,
@@ -235,17 +261,34 @@ def _erase_clickhouse(types: list[SubjectEvents], subject_id: str) -> list[tuple
                         f"WHERE event_type = {clickhouse.quote(kind.event_type)} "
                         f"AND toString(event_id) IN ({ids})",
                     )
-                ]
+                )
     return erased
 
 
-def event_log_erase(*, subject: str, wait_for_in_flight: float | None = None) -> ErasureReport:
-    """Erase ``subject``'s personal fields from the outbox, the dead letters and
-    ClickHouse, then publish :class:`SubjectErased`.
+def _chain_erasure(rewritten: dict[uuid.UUID, bytes]) -> None:
+    """The rewritten rows' new digests, as an ``erasure`` entry of the batch chain
+    (in the caller's transaction): the verification then expects them (the ClickHouse
+    copy gets it at the next verification). Nothing when no row was rewritten."""
+    if not rewritten:
+        return
+    with connection.cursor() as cur:
+        chain.append(
+            cur,
+            chain.PendingEntry(
+                kind=chain.ERASURE,
+                batch_id=None,
+                rows=len(rewritten),
+                row_digests=chain.pack(rewritten.items()),
+            ),
+        )
 
-    ``wait_for_in_flight`` bounds the wait for sealed batches holding the subject's
-    rows (default: the lease plus the insert timeout). Raises :class:`ErasureError`
-    for a bad subject before anything is written, and
+
+def event_log_erase(*, subject: str) -> ErasureReport:
+    """Erase ``subject``'s personal fields from the outbox, the dead letters and
+    ClickHouse, queue the follow-up pass if batches were in flight, then publish
+    :class:`SubjectErased`.
+
+    Raises :class:`ErasureError` for a bad subject before anything is written, and
     :class:`~event_log.clickhouse.ClickHouseError` if ClickHouse fails (PostgreSQL's
     part is then done; running it again finishes the job).
     """
@@ -254,29 +297,17 @@ def event_log_erase(*, subject: str, wait_for_in_flight: float | None = None) ->
         subject=f"{kind}:{subject_id}", event_types=[t.event_type for t in types]
     )
     with transaction.atomic():
-        report.outbox_events, leases = _erase_outbox(types, subject_id)
-        report.in_flight_batches = len(leases)
+        report.outbox_events, report.in_flight_batches = _erase_outbox(types, subject_id)
         report.dead_letters = _erase_dead_letters(types, subject_id)
-    if wait_for_in_flight is None:
-        config = event_log_settings()
-        wait_for_in_flight = config.LEASE_SECONDS + config.INSERT_TIMEOUT
-    _wait_for_batches(leases, timeout=wait_for_in_flight)
     rewritten = _erase_clickhouse(types, subject_id)
-    report.clickhouse_events = len({event_id for event_id, _ in rewritten})
+    report.clickhouse_events = len(rewritten)
+    if report.in_flight_batches:
+        config = event_log_settings()
+        delay = config.INSERT_TIMEOUT + config.LEASE_SECONDS
+        if _queue_follow_up(report.subject, countdown=delay):
+            report.follow_up_in_s = delay
     with transaction.atomic():
-        if rewritten:
-            # The rows' new digests, as an entry of the batch chain: the verification
-            # then expects them (the ClickHouse copy gets it at the next verification).
-            with connection.cursor() as cur:
-                chain.append(
-                    cur,
-                    chain.PendingEntry(
-                        kind=chain.ERASURE,
-                        batch_id=None,
-                        rows=len(dict(rewritten)),
-                        row_digests=chain.pack(dict(rewritten).items()),
-                    ),
-                )
+        _chain_erasure(rewritten)
         publish(
             SubjectErased(
                 subject_kind=kind,
@@ -292,7 +323,48 @@ def event_log_erase(*, subject: str, wait_for_in_flight: float | None = None) ->
         subject_kind=kind,
         subject_id=subject_id,
         outbox_events=report.outbox_events,
+        in_flight_batches=report.in_flight_batches,
         dead_letters=report.dead_letters,
         clickhouse_events=report.clickhouse_events,
+        follow_up_in_s=report.follow_up_in_s,
     )
     return report
+
+
+def _queue_follow_up(subject: str, *, countdown: float) -> bool:
+    """Queue :func:`erase_subject_in_clickhouse` in ``countdown`` seconds; False (and a
+    warning) when the broker refused."""
+    # Imported here: Celery only when an erasure needs it (tasks imports this module).
+    from event_log.tasks import erase_subject_in_clickhouse as task  # noqa: PLC0415
+
+    try:
+        task.apply_async(kwargs={"subject": subject}, countdown=countdown, retry=False)
+    except Exception as exc:
+        logger.warning(
+            "subject_erasure_follow_up_not_queued",
+            subject=subject,
+            run_again_in_s=countdown,
+            error=str(exc),
+        )
+        return False
+    return True
+
+
+def erase_subject_in_clickhouse(*, subject: str, client: Client | None = None) -> int:
+    """Step 3 alone, the erasure's follow-up pass: rewrite whatever of ``subject``'s
+    personal fields ClickHouse still holds (an INSERT that was in flight when the
+    erasure ran). Idempotent; returns how many rows it rewrote (0 when nothing
+    landed late). Raises :class:`ErasureError` for a bad subject."""
+    kind, subject_id, types = parse_subject(subject)
+    rewritten = _erase_clickhouse(types, subject_id, client)
+    with transaction.atomic():
+        _chain_erasure(rewritten)
+    erased = len(rewritten)
+    log = logger.warning if erased else logger.info
+    log(
+        "subject_erasure_followed_up",
+        subject_kind=kind,
+        subject_id=subject_id,
+        clickhouse_events=erased,
+    )
+    return erased

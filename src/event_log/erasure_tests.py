@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,11 +12,20 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
-from event_log import clickhouse, publish
+from conftest import fast_config
+from event_log import clickhouse, publish, tasks
 from event_log.conf import event_log_settings
-from event_log.erasure import ERASED, ErasureError, erased_context, event_log_erase
+from event_log.erasure import (
+    ERASED,
+    ErasureError,
+    erase_subject_in_clickhouse,
+    erased_context,
+    event_log_erase,
+)
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
-from event_log.relay import run_relay
+from event_log.protocol_tests import Paused, in_thread
+from event_log.relay import Relay, run_relay
+from event_log.relay import isolate as isolate_step
 from event_log.relay.claim import claim
 from event_log.relay.write import write
 from users.events import UserCreated
@@ -23,6 +33,18 @@ from users.events import UserCreated
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ERASED_USER, OTHER_USER = 41, 42
+
+
+@pytest.fixture(autouse=True)
+def follow_ups(monkeypatch) -> list[dict]:
+    """The follow-up passes erasures queue (kept here instead of the broker)."""
+    queued: list[dict] = []
+
+    def apply_async(*, kwargs, countdown, **options):
+        queued.append({**kwargs, "countdown": countdown})
+
+    monkeypatch.setattr(tasks.erase_subject_in_clickhouse, "apply_async", apply_async)
+    return queued
 
 
 def _event(user_id: int, n: int) -> UserCreated:
@@ -94,7 +116,7 @@ def test_erasing_a_subject_in_flight_leaves_none_of_its_values_and_others_untouc
         if json.loads(context)["user_id"] == OTHER_USER
     }
 
-    report = event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+    report = event_log_erase(subject=f"user:{ERASED_USER}")
 
     assert (report.outbox_events, report.dead_letters) == (3, 1)
     assert report.in_flight_batches == 2
@@ -133,12 +155,114 @@ def test_erasing_a_subject_in_flight_leaves_none_of_its_values_and_others_untouc
     }
 
 
+def _assert_erased_everywhere_and_others_delivered_once(ch, published: list[uuid.UUID]) -> None:
+    """None of ERASED_USER's values in ClickHouse or PostgreSQL; every published event
+    (and one subject_erased) in ClickHouse once; OTHER_USER's events as published."""
+    rows = ch.query(f"SELECT event_id, event_type, event_context FROM {ch.table}")
+    erasures = [row[0] for row in rows if row[1] == "subject_erased"]
+    assert len(erasures) == 1
+    assert sorted(row[0] for row in rows) == sorted([*published, *erasures])
+    everything = " ".join(row[2] for row in rows) + _everything_in_postgresql()
+    for value in _personal_values(ERASED_USER):
+        assert value not in everything
+    contexts = [json.loads(row[2]) for row in rows if row[1] == "user_created"]
+    assert {c["email"] for c in contexts if c["user_id"] == ERASED_USER} == {ERASED}
+    assert sorted(c["email"] for c in contexts if c["user_id"] == OTHER_USER) == [
+        f"user{OTHER_USER}.n{n}@example.com" for n in range(3)
+    ]
+
+
+def _publish_both_users() -> list[uuid.UUID]:
+    return _publish(
+        *(_event(user_id, n) for n in range(3) for user_id in (ERASED_USER, OTHER_USER))
+    )
+
+
+def test_a_relay_paused_past_its_lease_with_the_subject_s_rows_copied_sends_nothing(ch, follow_ups):
+    """It sealed the batch and copied its rows (the old text), then slept; meanwhile
+    the erasure ran and another relay delivered the batch. Awake, it sends nothing."""
+    published = _publish_both_users()
+    pause = Paused("sealed")
+    thread, paused = in_thread(
+        lambda: Relay(config=fast_config(BATCH_SIZE=1_000), checkpoint=pause).run(max_batches=1)
+    )
+    try:
+        assert pause.reached.wait(30)
+        (batch,) = OutboxBatch.objects.all()
+        assert batch.attempts == 1
+
+        report = event_log_erase(subject=f"user:{ERASED_USER}")
+
+        fenced = OutboxBatch.objects.get()
+        taken_over = run_relay()
+    finally:
+        pause.resume.set()
+        thread.join(60)
+
+    assert (report.outbox_events, report.in_flight_batches) == (3, 1)
+    assert fenced.attempts == 2, "taken over as a new attempt"
+    assert fenced.lease_until <= datetime.now(UTC), "and released"
+    assert taken_over.delivered == 7, "the batch, then the subject_erased event"
+    assert "error" not in paused
+    assert (paused["report"].leases_lost, paused["report"].delivered) == (1, 0)
+    config = event_log_settings()
+    assert follow_ups == [
+        {
+            "subject": f"user:{ERASED_USER}",
+            "countdown": config.INSERT_TIMEOUT + config.LEASE_SECONDS,
+        }
+    ]
+    assert erase_subject_in_clickhouse(subject=f"user:{ERASED_USER}") == 0, "nothing came late"
+    _assert_erased_everywhere_and_others_delivered_once(ch, published)
+
+
+def test_an_insert_in_flight_during_the_erasure_is_erased_by_the_follow_up_pass(
+    ch, follow_ups, monkeypatch
+):
+    """The residual window: a relay renewed its lease just before the fence, and its
+    INSERT (the old text) lands after the erasure's mutation. The follow-up pass,
+    run by the worker's task, erases it; no event is lost or doubled."""
+    published = _publish_both_users()
+    renewed, resume = threading.Event(), threading.Event()
+    renew_lease = isolate_step.renew_lease
+
+    def renew_then_stall(batch, *, lease):
+        renew_lease(batch, lease=lease)
+        if batch.attempts == 1 and not renewed.is_set():
+            renewed.set()
+            assert resume.wait(60)
+
+    monkeypatch.setattr(isolate_step, "renew_lease", renew_then_stall)
+    thread, late = in_thread(lambda: Relay(config=fast_config(BATCH_SIZE=1_000)).run())
+    try:
+        assert renewed.wait(30)
+        report = event_log_erase(subject=f"user:{ERASED_USER}")
+    finally:
+        resume.set()
+        thread.join(60)
+    run_relay()
+
+    assert (report.in_flight_batches, report.clickhouse_events) == (1, 0)
+    assert "error" not in late
+    assert late["report"].leases_lost == 1, "its delete was fenced"
+    landed = " ".join(row[0] for row in ch.query(f"SELECT event_context FROM {ch.table}"))
+    assert f"user{ERASED_USER}.n0@example.com" in landed, "the old text landed late"
+    assert [f["subject"] for f in follow_ups] == [f"user:{ERASED_USER}"]
+    worker_relay = Relay()
+    monkeypatch.setattr(tasks, "_relay", worker_relay)
+    try:
+        assert tasks.erase_subject_in_clickhouse(subject=follow_ups[0]["subject"]) == 3
+    finally:
+        worker_relay.close()
+    _assert_erased_everywhere_and_others_delivered_once(ch, published)
+
+
 def test_erasing_again_rewrites_nothing(ch):
     _publish(_event(ERASED_USER, 0))
     run_relay()
-    event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+    event_log_erase(subject=f"user:{ERASED_USER}")
 
-    again = event_log_erase(subject=f"user:{ERASED_USER}", wait_for_in_flight=0)
+    again = event_log_erase(subject=f"user:{ERASED_USER}")
 
     assert (again.outbox_events, again.dead_letters, again.clickhouse_events) == (0, 0, 0)
 
@@ -149,7 +273,7 @@ def test_a_bad_subject_is_refused_and_nothing_is_written(subject):
     before = list(OutboxEvent.objects.values_list("event_context", flat=True))
 
     with pytest.raises(ErasureError):
-        event_log_erase(subject=subject, wait_for_in_flight=0)
+        event_log_erase(subject=subject)
     with pytest.raises(CommandError):
         call_command("event_log_erase", "--subject", subject)
 

@@ -11,7 +11,8 @@ name of its class and its ``metadata_version`` is declared on the class::
 
 What the outbox cannot hold is refused when the class is defined
 (:class:`EventDefinitionError`): an ``event_type`` longer than its column, a
-``metadata_version`` outside PostgreSQL's bigint. Float fields refuse NaN and
+``metadata_version`` outside PostgreSQL's bigint, a ``retention_days`` that is not a
+whole number of days from 0 to :data:`MAX_RETENTION_DAYS`. Float fields refuse NaN and
 infinities when an event is built: JSON has no such numbers (pydantic would write
 ``null``), so they could not reach ClickHouse as what they were.
 
@@ -25,6 +26,11 @@ the retention rules read::
         subject = ("user", "user_id")
         user_id: int
         email: Annotated[str, Personal]
+
+An event type may keep its own retention in ClickHouse: ``retention_days = 365``
+(0: for ever; None, the default: the table's ``EVENT_LOG_RETENTION_DAYS``). The
+catalogue shows it and ``clickhouse_migrate`` turns it into the table's TTL
+(:mod:`event_log.retention`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ from pydantic import BaseModel, ConfigDict
 EVENT_TYPE_MAX_LENGTH = 255
 ENVIRONMENT_MAX_LENGTH = 64
 METADATA_VERSION_MAX = 2**63 - 1  # bigint; ClickHouse's UInt64 holds more
+# A century: the TTL's date stays far inside ClickHouse's DateTime (up to 2106).
+MAX_RETENTION_DAYS = 36_500
+SUBJECT_TYPE_MAX_LENGTH = 64
+SUBJECT_ID_MAX_LENGTH = 255
 
 _ACRONYM_BOUNDARY = re.compile(r"([A-Z]+)([A-Z][a-z])")
 _WORD_BOUNDARY = re.compile(r"([a-z\d])([A-Z])")
@@ -83,6 +93,9 @@ class Event(BaseModel):
     # (kind, field): whose event this is, e.g. ("user", "user_id"); None for events
     # about no person.
     subject: ClassVar[tuple[str, str] | None] = None
+    # Days this type's events stay in ClickHouse, 0 for ever; None: the table's
+    # EVENT_LOG_RETENTION_DAYS.
+    retention_days: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,6 +113,13 @@ class Event(BaseModel):
                 f"{cls.__name__}.metadata_version must be at most {METADATA_VERSION_MAX} "
                 "(a PostgreSQL bigint)"
             )
+        days = cls.retention_days
+        whole_days = isinstance(days, int) and not isinstance(days, bool)
+        if days is not None and not (whole_days and 0 <= days <= MAX_RETENTION_DAYS):
+            raise EventDefinitionError(
+                f"{cls.__name__}.retention_days must be None (the table's retention), 0 (for "
+                f"ever) or a whole number of days up to {MAX_RETENTION_DAYS}, not {days!r}"
+            )
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -114,11 +134,28 @@ class Event(BaseModel):
             raise EventDefinitionError(
                 f"{cls.__name__}.subject must be (kind, field) naming one of its fields"
             )
+        if subject is not None and (
+            not isinstance(subject[0], str)
+            or not 0 < len(subject[0]) <= SUBJECT_TYPE_MAX_LENGTH
+            or "\x00" in subject[0]
+        ):
+            raise EventDefinitionError(
+                f"{cls.__name__}.subject's kind must be 1 to {SUBJECT_TYPE_MAX_LENGTH} "
+                "characters without NUL"
+            )
         if personal_fields(cls) and subject is None:
             raise EventDefinitionError(
                 f"{cls.__name__} has personal fields but no subject: declare "
                 'subject = ("<kind>", "<id field>") so its data can be erased'
             )
+
+    def subject_key(self) -> tuple[str, str]:
+        """``(kind, id)`` of the subject this event is about (the envelope's
+        ``subject_type`` and ``subject_id``), or ``("", "")`` for an event about none."""
+        if self.subject is None:
+            return ("", "")
+        kind, field = self.subject
+        return (kind, str(getattr(self, field)))
 
     def subject_ref(self) -> str | None:
         """``"<kind>:<id>"`` of the subject this event is about, or None."""
@@ -219,3 +256,19 @@ class SubjectErased(Event):
     outbox_events: int
     dead_letters: int
     clickhouse_events: int
+
+
+class EventLogSearched(Event):
+    """Someone searched the event log (``event_log_search``, the admin's "Event log"
+    page): the read itself enters the audit trail. Carries who searched and the filters
+    given (identifiers and times, never field values), not what was found."""
+
+    searcher: str
+    event_types: list[str]
+    subject_filter: str | None
+    actor_filter: str | None
+    request_id_filter: str | None
+    since: datetime | None
+    until: datetime | None
+    output: str
+    events_found: int

@@ -3,7 +3,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from event_log.events import Event, EventDefinitionError, snake_case
+from event_log.events import MAX_RETENTION_DAYS, Event, EventDefinitionError, snake_case
 
 
 class UserCreated(Event):
@@ -71,6 +71,27 @@ def test_a_metadata_version_beyond_a_postgresql_bigint_is_refused_when_defined()
 
         class TooLarge(Event):
             metadata_version = 2**63
+
+
+def test_an_event_type_declares_its_own_retention_or_follows_the_table_s():
+    class Kept(Event):
+        retention_days = 0
+
+    class Short(Event):
+        retention_days = 30
+
+    class Longest(Event):
+        retention_days = MAX_RETENTION_DAYS
+
+    assert (Kept.retention_days, Short.retention_days) == (0, 30)
+    assert UserCreated.retention_days is None
+    assert Longest.retention_days == 36_500
+
+
+@pytest.mark.parametrize("days", [-1, MAX_RETENTION_DAYS + 1, 30.5, "30", True])
+def test_a_retention_that_is_not_a_whole_number_of_days_in_range_is_refused_when_defined(days):
+    with pytest.raises(EventDefinitionError, match="retention_days must be None"):
+        type("BadlyKept", (Event,), {"retention_days": days})
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

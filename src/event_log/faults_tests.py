@@ -26,6 +26,7 @@ from conftest import (
     kill_relays_at_random,
     publish_pings,
     relay_process,
+    tsv_line,
     unused_port,
     wait_until,
 )
@@ -367,7 +368,7 @@ def test_a_resent_batch_whose_token_clickhouse_kept_without_its_rows_is_complete
     with clickhouse.client(ch.url) as client:
         # Same partition (month) as the batch: ClickHouse keys the token by partition.
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        stray = f"{uuid.uuid4()}\tstray\t{now}\ttest\t{{}}\t1\t{batch.id}\n".encode()
+        stray = tsv_line(uuid.uuid4(), "stray", now, batch_id=batch.id)
         clickhouse.insert_tsv(client, table=ch.table, block=stray, token=str(batch.id))
         client.command(f"DELETE FROM {ch.table} WHERE event_type = 'stray'")
     OutboxBatch.objects.update(lease_until=time_ago(1))

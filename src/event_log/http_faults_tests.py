@@ -24,6 +24,7 @@ from conftest import (
     kill_relays_at_random,
     publish_pings,
     relay_process,
+    tsv_line,
     wait_until,
 )
 from event_log import clickhouse, sql
@@ -202,7 +203,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
     now = datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
     def block(event_id: uuid.UUID) -> bytes:
-        return f"{event_id}\tping\t{now:%Y-%m-%d %H:%M:%S}\ttest\t{{}}\t1\t{event_id}\n".encode()
+        return tsv_line(event_id, "ping", f"{now:%Y-%m-%d %H:%M:%S}")
 
     ch = clickhouse.connect(clickhouse_http.url)
     try:
@@ -242,7 +243,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
 
 def _block() -> bytes:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{uuid.uuid4()}\tping\t{now}\ttest\t{{}}\t1\t{uuid.uuid4()}\n".encode()
+    return tsv_line(uuid.uuid4(), "ping", now)
 
 
 def _insert_error(url: str, block: bytes, *, timeout: float = 5.0) -> ClickHouseError:
@@ -295,9 +296,8 @@ def test_a_dropped_connection_over_http_is_transient(clickhouse_http):
 
 def test_rows_the_engine_refuses_over_http_are_a_data_error(clickhouse_http):
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    batch = uuid.uuid4()
-    not_json = f"{uuid.uuid4()}\tping\t{now}\ttest\t{{oops\t1\t{batch}\n".encode()
-    not_a_date = f"{uuid.uuid4()}\tping\tyesterday\ttest\t{{}}\t1\t{batch}\n".encode()
+    not_json = tsv_line(uuid.uuid4(), "ping", now, "{oops")
+    not_a_date = tsv_line(uuid.uuid4(), "ping", "yesterday")
 
     constraint = _insert_error(clickhouse_http.url, not_json)
     parse = _insert_error(clickhouse_http.url, not_a_date)

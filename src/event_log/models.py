@@ -11,7 +11,18 @@ import uuid
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from event_log.events import ENVIRONMENT_MAX_LENGTH, EVENT_TYPE_MAX_LENGTH
+from event_log.envelope import (
+    ACTOR_ID_MAX_LENGTH,
+    ACTOR_TYPE_MAX_LENGTH,
+    REQUEST_ID_MAX_LENGTH,
+    TRACEPARENT_MAX_LENGTH,
+)
+from event_log.events import (
+    ENVIRONMENT_MAX_LENGTH,
+    EVENT_TYPE_MAX_LENGTH,
+    SUBJECT_ID_MAX_LENGTH,
+    SUBJECT_TYPE_MAX_LENGTH,
+)
 
 
 class OutboxEvent(models.Model):
@@ -25,6 +36,15 @@ class OutboxEvent(models.Model):
     # The pydantic JSON text, stored verbatim and shipped verbatim: no re-encoding.
     event_context = models.TextField()
     metadata_version = models.PositiveBigIntegerField(default=1)
+    # The envelope (event_log.envelope): who, about what, from which request and trace;
+    # '' when unknown or not applicable (docs/adr/0014-audit-envelope.md). db_default:
+    # a row written without it (an older release during a deploy, a backfill) gets ''.
+    actor_type = models.CharField(max_length=ACTOR_TYPE_MAX_LENGTH, blank=True, db_default="")
+    actor_id = models.CharField(max_length=ACTOR_ID_MAX_LENGTH, blank=True, db_default="")
+    subject_type = models.CharField(max_length=SUBJECT_TYPE_MAX_LENGTH, blank=True, db_default="")
+    subject_id = models.CharField(max_length=SUBJECT_ID_MAX_LENGTH, blank=True, db_default="")
+    request_id = models.CharField(max_length=REQUEST_ID_MAX_LENGTH, blank=True, db_default="")
+    traceparent = models.CharField(max_length=TRACEPARENT_MAX_LENGTH, blank=True, db_default="")
     # Deliberately in no index (not even a predicate): sealing a row is then a HOT
     # update, with no index write. Rows of a batch are found by id range, on the
     # primary key (see event_log.sql and the fillfactor in migration 0001).
@@ -74,6 +94,12 @@ class DeadLetter(models.Model):
     environment = models.CharField(max_length=ENVIRONMENT_MAX_LENGTH)
     event_context = models.TextField()
     metadata_version = models.PositiveBigIntegerField(default=1)
+    actor_type = models.CharField(max_length=ACTOR_TYPE_MAX_LENGTH, blank=True, db_default="")
+    actor_id = models.CharField(max_length=ACTOR_ID_MAX_LENGTH, blank=True, db_default="")
+    subject_type = models.CharField(max_length=SUBJECT_TYPE_MAX_LENGTH, blank=True, db_default="")
+    subject_id = models.CharField(max_length=SUBJECT_ID_MAX_LENGTH, blank=True, db_default="")
+    request_id = models.CharField(max_length=REQUEST_ID_MAX_LENGTH, blank=True, db_default="")
+    traceparent = models.CharField(max_length=TRACEPARENT_MAX_LENGTH, blank=True, db_default="")
     error = models.TextField()
     error_code = models.IntegerField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=1)
@@ -233,3 +259,25 @@ class RelayControl(models.Model):
 
     def __str__(self) -> str:
         return "relays paused" if self.paused else "relays running"
+
+
+class EventLogEntry(models.Model):
+    """No table: the admin's "Event log" page searches ClickHouse (event_log.search).
+
+    The model exists for the page's place in the admin and for its permission,
+    ``event_log.view_event_log``: staff without it get 403. Nothing is ever read from
+    or written to PostgreSQL through it.
+    """
+
+    event_id = models.UUIDField(primary_key=True)
+
+    class Meta:
+        managed = False
+        db_table = "event_log_clickhouse"
+        default_permissions = ()
+        permissions = [("view_event_log", "Can search the event log (ClickHouse)")]
+        verbose_name = "event log"
+        verbose_name_plural = "event log"
+
+    def __str__(self) -> str:
+        return str(self.event_id)

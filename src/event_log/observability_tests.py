@@ -42,7 +42,7 @@ def json_lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its_event(
+def test_request_id_travels_from_the_api_call_to_the_event_row_and_every_log_line(
     ch, process_env, tmp_path
 ):
     env = {
@@ -88,13 +88,26 @@ def test_request_id_travels_from_the_api_call_to_the_relay_run_that_delivers_its
     delivered = [
         line for line in json_lines(worker_log) if line.get("event") == "outbox_batch_delivered"
     ]
+    kicks = [
+        line
+        for line in json_lines(web_log)
+        if line.get("event") == "task_enqueued"
+        and line.get("child_task_name") == "event_log.tasks.relay_outbox"
+    ]
     assert [line["request_id"] for line in published] == ["req-7f3a9c"]
     assert published[0]["event_types"] == ["user_created"]
+    assert [line["request_id"] for line in kicks] == ["req-7f3a9c"]
+    # The relay run carries the kick's request id; its batch names its first event's.
     assert [line["request_id"] for line in delivered] == ["req-7f3a9c"]
+    assert [line["first_request_id"] for line in delivered] == ["req-7f3a9c"]
     assert delivered[0]["rows"] == 1 and delivered[0]["batch_id"]
     assert "ada@example.com" not in web_log.read_text() + worker_log.read_text()
     [event_id] = ch.event_ids()
     assert published[0]["event_ids"] == [str(event_id)]
+    # The event row itself says which request, and who, made it.
+    assert ch.query(f"SELECT event_id, request_id, actor_type, subject_type FROM {ch.table}") == [
+        (event_id, "req-7f3a9c", "api_client", "user")
+    ]
 
 
 def test_sentry_gets_the_failing_batch_with_its_id_rows_and_clickhouse_error(ch, sentry_capture):

@@ -11,7 +11,13 @@ import uuid
 import pytest
 from django.db import connection
 
-from conftest import assert_exactly_once, fast_config, insert_poison_row, publish_pings
+from conftest import (
+    assert_exactly_once,
+    fast_config,
+    insert_poison_row,
+    publish_pings,
+    tsv_line,
+)
 from event_log import clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent, RelayStats
@@ -73,12 +79,8 @@ def test_a_relay_paused_past_its_lease_sends_nothing_when_it_wakes(ch, monkeypat
         taken_over = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
         with clickhouse.client(ch.url) as client:
             for _ in range(2):
-                stray = (
-                    f"{uuid.uuid4()}\tother\t2026-01-01 00:00:00\ttest\t{{}}\t1\t{uuid.uuid4()}\n"
-                )
-                clickhouse.insert_tsv(
-                    client, table=ch.table, block=stray.encode(), token=str(uuid.uuid4())
-                )
+                stray = tsv_line(uuid.uuid4(), "other", "2026-01-01 00:00:00")
+                clickhouse.insert_tsv(client, table=ch.table, block=stray, token=str(uuid.uuid4()))
         pause.resume.set()
         thread.join(60)
     finally:

@@ -12,11 +12,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 from pydantic_core import PydanticSerializationError
 
-from event_log import sql
+from event_log import envelope, sql
 from event_log.events import (
     ENVIRONMENT_MAX_LENGTH,
     EVENT_TYPE_MAX_LENGTH,
     METADATA_VERSION_MAX,
+    SUBJECT_ID_MAX_LENGTH,
     Event,
     event_context_json,
 )
@@ -44,7 +45,8 @@ class NoTransactionError(PublishError, RuntimeError):
 
 class InvalidEventError(PublishError, ValueError):
     """The event's class gives an ``event_type`` or ``metadata_version`` the outbox
-    cannot hold (changed after the class was defined, which checks them)."""
+    cannot hold (changed after the class was defined, which checks them), or its
+    subject's id is longer than its column or holds a NUL character."""
 
 
 class InvalidEnvironmentError(PublishError, ImproperlyConfigured):
@@ -54,8 +56,10 @@ class InvalidEnvironmentError(PublishError, ImproperlyConfigured):
 def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     """Add ``events`` to the outbox as part of the current transaction.
 
-    One INSERT per 10,000 events (PostgreSQL's parameter limit); each event gets
-    a new ``event_id`` and the current UTC time as ``event_date_time``. The
+    One INSERT per 5,000 events (PostgreSQL's parameter limit); each event gets
+    a new ``event_id``, the current UTC time as ``event_date_time`` and the envelope:
+    its subject (declared on its class) and the actor, request id and trace of the
+    code publishing it (:mod:`event_log.envelope`). The
     events reach ClickHouse if and only if the surrounding transaction commits;
     a relay run is requested once per transaction, after the commit.
 
@@ -85,12 +89,29 @@ def publish(*events: Event, using: str = DEFAULT_DB_ALIAS) -> list[uuid.UUID]:
     for cls in {type(event) for event in events}:
         _check_columns(cls)
     contexts = [_serialize(event) for event in events]
+    subjects = [_subject(event) for event in events]
+    actor_type, actor_id, request_id, traceparent = envelope.current()
 
     now = datetime.now(UTC)
     event_ids = [uuid.uuid4() for _ in events]
     rows = [
-        (event_id, event.event_type, now, environment, context, event.metadata_version)
-        for event_id, event, context in zip(event_ids, events, contexts, strict=True)
+        (
+            event_id,
+            event.event_type,
+            now,
+            environment,
+            context,
+            event.metadata_version,
+            actor_type,
+            actor_id,
+            subject_type,
+            subject_id,
+            request_id,
+            traceparent,
+        )
+        for event_id, event, context, (subject_type, subject_id) in zip(
+            event_ids, events, contexts, subjects, strict=True
+        )
     ]
     with conn.cursor() as cur:
         for start in range(0, len(rows), sql.MAX_EVENTS_PER_INSERT):
@@ -142,6 +163,16 @@ def _check_columns(cls: type[Event]) -> None:
         raise InvalidEventError(
             f"{cls.__name__[:60]}.metadata_version must be an int from 1 to {METADATA_VERSION_MAX}"
         )
+
+
+def _subject(event: Event) -> tuple[str, str]:
+    kind, subject_id = event.subject_key()
+    if len(subject_id) > SUBJECT_ID_MAX_LENGTH or "\x00" in subject_id:
+        raise InvalidEventError(
+            f"{type(event).__name__[:60]}'s subject id must be at most "
+            f"{SUBJECT_ID_MAX_LENGTH} characters without NUL"
+        )
+    return kind, subject_id
 
 
 def _serialize(event: Event) -> str:

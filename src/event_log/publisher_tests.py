@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pydantic import BaseModel
 
-from event_log import Event, publish
+from event_log import Event, publish, sql
 from event_log.checks import check_event_log_settings
 from event_log.kick import kick_on_commit
 from event_log.models import OutboxEvent
@@ -234,11 +234,12 @@ def test_a_rolled_back_savepoint_does_not_lose_the_kick_of_the_outer_publish():
 
 @pytest.mark.django_db(transaction=True)
 def test_more_events_than_one_statement_takes_are_split_and_all_written():
-    events = [ThingHappened(thing_id=i) for i in range(10_001)]
+    count = sql.MAX_EVENTS_PER_INSERT + 1
+    events = [ThingHappened(thing_id=i) for i in range(count)]
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
         ids = publish(*events)
 
     inserts = [q for q in queries.captured_queries if "INSERT" in q["sql"].upper()]
     assert len(inserts) == 2
     assert set(OutboxEvent.objects.values_list("event_id", flat=True)) == set(ids)
-    assert len(ids) == 10_001
+    assert len(ids) == count

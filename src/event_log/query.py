@@ -52,6 +52,7 @@ _QUOTED_OR_COMMENT = re.compile(
 )
 _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.I)
 _FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
+_ALREADY_READ_ONLY = re.compile(r"Cannot modify 'readonly' setting in readonly mode")
 
 
 class QueryRefusedError(ValueError):
@@ -137,10 +138,19 @@ def run_readonly(ch: Client, statement: str, *, limit: int = DEFAULT_LIMIT) -> Q
     match = _FIRST_WORD.match(_words_only(text))
     if match and match.group(1).upper() in _WRAPPABLE:
         text = f"SELECT * FROM (\n{text}\n) LIMIT {limit + 1}"  # noqa: S608 (checked read-only)
+    settings = _readonly_setting(ch)
     try:
-        result = ch.query(text, settings={"readonly": 1})
+        result = ch.query(text, settings=settings)
     except Exception as exc:
-        raise ClickHouseError.from_exception(exc) from exc
+        error = ClickHouseError.from_exception(exc)
+        if not (settings and _ALREADY_READ_ONLY.search(str(error))):
+            raise error from exc
+        # The session reads only already (a profile set readonly = 2 after the client
+        # connected): ClickHouse refuses to be told again, and needs not be.
+        try:
+            result = ch.query(text)
+        except Exception as again:
+            raise ClickHouseError.from_exception(again) from again
     rows = [[_jsonable(value) for value in row] for row in result.result_rows[: limit + 1]]
     return QueryResult(
         columns=list(result.column_names),
@@ -148,6 +158,23 @@ def run_readonly(ch: Client, statement: str, *, limit: int = DEFAULT_LIMIT) -> Q
         truncated=len(rows) > limit,
         limit=limit,
     )
+
+
+def _readonly_setting(ch: Client) -> dict[str, Any]:
+    """``{"readonly": 1}``, or nothing when the session reads only already.
+
+    A user whose profile sets ``readonly`` (Compose's ``reader``: 2, fixed by a
+    constraint) may not change it, even to 1: ClickHouse answers code 164, "Cannot
+    modify 'readonly' setting in readonly mode". Such a session writes nothing anyway.
+    """
+    known = getattr(ch, "server_settings", None) or {}
+    current = known.get("readonly")
+    try:
+        if int(getattr(current, "value", current) or 0) > 0:
+            return {}
+    except (TypeError, ValueError):
+        pass
+    return {"readonly": 1}
 
 
 def query_event_log(

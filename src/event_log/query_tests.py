@@ -76,6 +76,19 @@ def test_clickhouse_itself_refuses_a_write_sent_read_only(ch):
     assert ch.event_ids() == []
 
 
+def test_a_session_that_reads_only_already_is_queried_without_setting_readonly_again(ch):
+    # As Compose's reader: its profile's readonly = 2 may not be changed, even to 1.
+    with clickhouse.client(ch.url) as client:
+        assert run_readonly(client, "SELECT getSetting('readonly')").rows == [[1]]
+        client.command("SET readonly = 2")
+        assert run_readonly(client, "SELECT getSetting('readonly')").rows == [[2]]
+        client.server_settings["readonly"] = client.server_settings["readonly"]._replace(value="2")
+        assert run_readonly(client, "SELECT getSetting('readonly')").rows == [[2]]
+        with pytest.raises(ClickHouseError) as refused:
+            run_readonly(client, f"SELECT * FROM {ch.table} FORMAT Nonsense")
+        assert refused.value.code is not None
+
+
 def test_the_limit_holds_and_says_rows_were_left_out(ch):
     with clickhouse.client(ch.url) as client:
         result = run_readonly(client, "SELECT number FROM system.numbers", limit=7)
@@ -160,6 +173,25 @@ def test_event_log_query_answers_while_a_worker_holds_the_engine(
     assert answer["via"] == "engine owner"
     assert set(ids) == {str(i) for i in published}
     assert len(ids) == len(published)
+
+
+@pytest.mark.slow
+def test_event_log_search_answers_while_a_worker_holds_the_engine(
+    worker_holding_the_engine, ch, manage
+):
+    published = worker_holding_the_engine
+
+    done = manage("event_log_search", "--type", "ping", "--actor", "system", "--json",
+                  "--limit", "1000")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    ids = [event["event_id"] for event in answer["events"]]
+    assert set(ids) == {str(i) for i in published}
+    assert len(ids) == len(published)
+    assert answer["more"] is False
+    searched = OutboxEvent.objects.get(event_type="event_log_searched")
+    assert (searched.actor_type, searched.actor_id) == ("command", "event_log_search")
 
 
 @pytest.mark.slow

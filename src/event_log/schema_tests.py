@@ -16,20 +16,15 @@ from clickhouse_connect.driver.client import Client
 from structlog.testing import capture_logs
 
 from conftest import publish_pings
-from event_log import clickhouse, schema
+from event_log import clickhouse, schema, sql
 from event_log.conf import event_log_settings
 from event_log.relay import Relay, run_relay
 from event_log.schema import ddl, legacy, verify
 
-COLUMNS = """(
-    event_id UUID,
-    event_type LowCardinality(String),
-    event_date_time DateTime64(6, 'UTC'),
-    environment LowCardinality(String),
-    event_context String,
-    metadata_version UInt64,
-    batch_id UUID
-)"""
+# A table of the current shape made by hand: every column the relay inserts.
+COLUMNS = (
+    "(" + ", ".join(f"{name} {kinds[0]}" for name, kinds in verify.REQUIRED_COLUMNS.items()) + ")"
+)
 MERGE_TREE = (
     "MergeTree PARTITION BY toYYYYMM(event_date_time) ORDER BY (event_type, event_date_time)"
 )
@@ -101,11 +96,16 @@ def test_migrate_gives_an_existing_table_the_dedup_window_and_fsync_it_lacks(
     assert found["non_replicated_deduplication_window"] == "10000"
     assert found["fsync_after_insert"] == "1"
     assert found["fsync_part_directory"] == "1"
-    assert report.repaired == {
+    # The migrations ledger is the database's: on a table created by hand after it
+    # recorded 0003, the retention pass repairs ttl_only_drop_parts too.
+    assert {
+        key: value for key, value in report.repaired.items() if key != "ttl_only_drop_parts"
+    } == {
         "non_replicated_deduplication_window": "10000",
         "fsync_after_insert": "1",
         "fsync_part_directory": "1",
     }
+    assert report.repaired.get("ttl_only_drop_parts", "1") == "1"
     assert schema.verify_table(client, table=table) == {}
 
 
@@ -143,6 +143,55 @@ def test_fsync_migration_turns_fsync_on_in_a_database_migrated_before_it(client)
     assert (after["fsync_after_insert"], after["fsync_part_directory"]) == ("1", "1")
 
 
+def test_the_envelope_migration_keeps_every_event_of_a_table_that_predates_it(client):
+    database = f"schema_test_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE DATABASE `{database}`")
+    qualified = f"`{database}`.event_log"
+    try:
+        client.command(
+            f"CREATE TABLE `{database}`.schema_migrations (version String, applied_at "
+            "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        for path in ddl.migration_files():
+            if path.stem >= "0004_envelope":
+                break
+            for statement in ddl.render(path, database=database, table="event_log"):
+                client.command(statement)
+            client.command(
+                f"INSERT INTO `{database}`.schema_migrations (version) VALUES ('{path.stem}')"
+            )
+        client.command(
+            f"INSERT INTO {qualified} SELECT generateUUIDv4(), 'ping', "
+            "toDateTime64('2025-11-01 00:00:00', 6, 'UTC') + toIntervalSecond(number * 600), "
+            "'test', concat('{\"n\":', toString(number), '}'), 1 FROM numbers(5000)"
+        )
+        before = {row[0] for row in client.query(f"SELECT event_id FROM {qualified}").result_rows}
+
+        report = schema.apply_migrations(client, database=database, table="event_log")
+
+        after = client.query(
+            f"SELECT event_id, {', '.join(sql.ENVELOPE_COLUMNS)} FROM {qualified}"
+        ).result_rows
+        indexes = {
+            row[0]
+            for row in client.query(
+                "SELECT name FROM system.data_skipping_indices WHERE database = %(db)s",
+                parameters={"db": database},
+            ).result_rows
+        }
+        verified = schema.verify_table(client, database=database, table="event_log")
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    assert report.applied == ["0004_envelope"] + [
+        path.stem for path in ddl.migration_files() if path.stem > "0004_envelope"
+    ]
+    assert len(before) == 5000
+    assert {row[0] for row in after} == before and len(after) == len(before)
+    assert {row[1:] for row in after} == {("",) * len(sql.ENVELOPE_COLUMNS)}
+    assert {"subject_lookup", "request_lookup", "actor_lookup"} <= indexes
+    assert verified == {}
+
+
 def test_the_batch_chain_migration_gives_a_populated_table_its_batch_id_column(client):
     database = f"schema_test_{uuid.uuid4().hex[:8]}"
     client.command(f"CREATE DATABASE `{database}`")
@@ -152,7 +201,7 @@ def test_the_batch_chain_migration_gives_a_populated_table_its_batch_id_column(c
             "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
         )
         for path in ddl.migration_files():
-            if path.stem >= "0004":
+            if path.stem >= "0005":
                 break
             for statement in ddl.render(path, database=database, table="event_log"):
                 client.command(statement)
@@ -173,7 +222,7 @@ def test_the_batch_chain_migration_gives_a_populated_table_its_batch_id_column(c
         again = schema.apply_migrations(client, database=database, table="event_log")
     finally:
         client.command(f"DROP DATABASE IF EXISTS `{database}`")
-    assert "0004_batch_chain" in report.applied
+    assert "0005_batch_chain" in report.applied
     assert rows == [(old, uuid.UUID(int=0))], "rows older than the chain have the nil batch"
     assert copies == 0
     assert not again.changed
@@ -383,6 +432,9 @@ def test_migrate_converts_the_previous_services_table_keeping_every_row(
     assert kept.startswith(f"{table}_legacy_")
     assert f"`{kept}`" in report.upgraded.legacy_table
     assert content(client, kept) == before
+    # The old rows have an empty envelope (migration 0004's defaults).
+    envelope = ", ".join(sql.ENVELOPE_COLUMNS)
+    assert client.query(f"SELECT DISTINCT {envelope} FROM {table}").result_rows == [("",) * 6]
 
     # The relay delivers into the converted table.
     published = publish_pings(20)
@@ -442,8 +494,8 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
     )
     client.command(
         f"INSERT INTO {staging} (event_id, event_type, event_date_time, environment, "
-        "event_context, metadata_version) SELECT generateUUIDv4(), event_type, "
-        f"event_date_time, environment, event_context, toUInt64(metadata_version) FROM {table}"
+        "event_context, metadata_version) SELECT generateUUIDv4(), event_type, event_date_time, "
+        f"environment, event_context, toUInt64(metadata_version) FROM {table}"
     )
     client.command(f"EXCHANGE TABLES {table} AND {staging}")
 
@@ -479,8 +531,8 @@ def test_a_table_under_the_copys_name_that_is_not_the_copy_is_refused_and_kept(c
     client.command(f"CREATE TABLE {staging} {COLUMNS} ENGINE = {MERGE_TREE}")
     client.command(
         f"INSERT INTO {staging} (event_id, event_type, event_date_time, environment, "
-        "event_context, metadata_version) VALUES (generateUUIDv4(), 'login', now64(6), 'x', "
-        "'{}', 1)"
+        "event_context, metadata_version) "
+        "VALUES (generateUUIDv4(), 'login', now64(6), 'x', '{}', 1)"
     )
 
     with pytest.raises(schema.LegacyUpgradeError, match="is not a copy in progress"):

@@ -5,6 +5,18 @@ ClickHouse reads as ``TabSeparated`` (same escaping of tab, newline and
 backslash, ``\\N`` for NULL). The relay never builds a Python object per row.
 """
 
+# The envelope (event_log.envelope), the same columns in the outbox, the dead letters
+# and ClickHouse: who did it, what it is about, which request and trace it came from.
+# The statements below name them one by one, for all to read.
+ENVELOPE_COLUMNS = (
+    "actor_type",
+    "actor_id",
+    "subject_type",
+    "subject_id",
+    "request_id",
+    "traceparent",
+)
+
 # Columns of the ClickHouse table, in the order the COPY below produces them.
 CLICKHOUSE_COLUMNS = (
     "event_id",
@@ -13,6 +25,7 @@ CLICKHOUSE_COLUMNS = (
     "environment",
     "event_context",
     "metadata_version",
+    *ENVELOPE_COLUMNS,
 )
 # What the relay inserts: those columns, then the batch each row travelled in (the key
 # of its entry in the batch chain, event_log.chain). Batch digests cover
@@ -23,12 +36,13 @@ RELAY_COLUMNS = (*CLICKHOUSE_COLUMNS, "batch_id")
 # for the common single event).
 INSERT_EVENTS = """
 INSERT INTO event_log_outbox
-    (event_id, event_type, event_date_time, environment, event_context, metadata_version)
+    (event_id, event_type, event_date_time, environment, event_context, metadata_version,
+     actor_type, actor_id, subject_type, subject_id, request_id, traceparent)
 VALUES {rows}
 """
-EVENT_ROW = "(%s, %s, %s, %s, %s, %s)"
-# PostgreSQL takes at most 65,535 parameters in one statement: 6 per event.
-MAX_EVENTS_PER_INSERT = 10_000
+EVENT_ROW = "(" + ", ".join(["%s"] * (6 + len(ENVELOPE_COLUMNS))) + ")"
+# PostgreSQL takes at most 65,535 parameters in one statement: 12 per event.
+MAX_EVENTS_PER_INSERT = 5_000
 
 
 def insert_events_statement(count: int) -> str:
@@ -106,6 +120,7 @@ COPY (
            environment,
            event_context,
            metadata_version,
+           actor_type, actor_id, subject_type, subject_id, request_id, traceparent,
            batch_id
     FROM event_log_outbox
     WHERE id BETWEEN {first_id} AND {last_id} AND batch_id = {batch_id} {only}
@@ -138,6 +153,17 @@ UPDATE event_log_batch
 SET lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = %(batch_id)s AND attempts = %(attempts)s
 RETURNING 1
+"""
+
+# Erasure (event_log.erasure), in the transaction that rewrites a subject's rows:
+# take over the sealed batches holding them as a new attempt, so the relay that
+# copied the old text finds its renewal refused (RENEW_LEASE) and sends nothing, and
+# release them at once, so the next relay re-reads the rewritten rows.
+FENCE_BATCHES = """
+UPDATE event_log_batch
+SET attempts = attempts + 1, lease_until = least(lease_until, now())
+WHERE id = ANY(%(batch_ids)s::uuid[])
+RETURNING id
 """
 
 # The slow path's finish starts by locking the batch as its holder (take-overs skip
@@ -234,26 +260,33 @@ WITH rejected AS (
     WHERE o.id BETWEEN %(first_id)s AND %(last_id)s AND o.batch_id = %(batch_id)s
       AND o.event_id = r.event_id
     RETURNING o.event_id, o.event_type, o.event_date_time, o.environment, o.event_context,
-              o.metadata_version, r.error, r.error_code
+              o.metadata_version, o.actor_type, o.actor_id,
+              o.subject_type, o.subject_id, o.request_id, o.traceparent,
+              r.error, r.error_code
 )
 INSERT INTO event_log_dead_letter
     (event_id, event_type, event_date_time, environment, event_context, metadata_version,
+     actor_type, actor_id, subject_type, subject_id, request_id, traceparent,
      error, error_code, attempts, batch_id, dead_lettered_at)
 SELECT event_id, event_type, event_date_time, environment, event_context, metadata_version,
+       actor_type, actor_id, subject_type, subject_id, request_id, traceparent,
        error, error_code, %(attempts)s, %(batch_id)s, now()
 FROM moved
 RETURNING 1
 """
 
-# Replay: dead letters go back to the outbox unchanged (same event_id and time).
+# Replay: dead letters go back to the outbox unchanged (same event_id, time and
+# envelope: the replay is not a new action, so it keeps who and what caused the event).
 REPLAY_DEAD_LETTERS = """
 WITH moved AS (
     DELETE FROM event_log_dead_letter WHERE id = ANY(%(ids)s)
     RETURNING event_id, event_type, event_date_time, environment, event_context,
-              metadata_version
+              metadata_version, actor_type, actor_id, subject_type, subject_id, request_id,
+              traceparent
 )
 INSERT INTO event_log_outbox
-    (event_id, event_type, event_date_time, environment, event_context, metadata_version)
+    (event_id, event_type, event_date_time, environment, event_context, metadata_version,
+     actor_type, actor_id, subject_type, subject_id, request_id, traceparent)
 SELECT * FROM moved
 """
 
@@ -329,6 +362,21 @@ ON CONFLICT (batch_id) DO UPDATE SET
     rows = event_log_delivery.rows + EXCLUDED.rows,
     first_event_at = least(event_log_delivery.first_event_at, EXCLUDED.first_event_at),
     last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
+"""
+
+# event_log_search and the admin's "Event log" page (event_log.search): one page of
+# the events matching an investigator's filters, newest first. {where} is made of
+# column comparisons with quoted literals only (clickhouse.quote), never of the
+# input's text; {limit} and {offset} are checked integers. The envelope's skip indexes
+# serve the subject, request and actor filters.
+SEARCH_EVENTS = """
+SELECT event_id, event_date_time, event_type, environment, metadata_version,
+       actor_type, actor_id, subject_type, subject_id, request_id, traceparent,
+       event_context
+FROM {table}
+WHERE {where}
+ORDER BY event_date_time DESC, event_id DESC
+LIMIT {limit} OFFSET {offset}
 """
 
 # -- the batch chain (event_log.chain) -------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 from django.db import connection
 
 from event_log import clickhouse, sql
+from event_log.catalogue import retention_days_by_event_type
 from event_log.conf import event_log_settings
 from event_log.control import relays_paused
 from event_log.query import DEFAULT_TIMEOUT, query_event_log
@@ -181,10 +182,13 @@ def clickhouse_status(url: str | None = None, *, timeout: float | None = None) -
     }
 
 
-def retention_status() -> dict[str, int]:
-    """The retention settings, in days (0: kept for ever)."""
+def retention_status() -> dict[str, Any]:
+    """The retentions, in days (0: kept for ever): the event table's, the event types'
+    own (``retention_days`` in the catalogue, which replace the table's for them), and
+    the dead letters'."""
     config = event_log_settings()
     return {
         "event_log_days": config.RETENTION_DAYS,
+        "event_type_days": retention_days_by_event_type(),
         "dead_letter_days": config.DEAD_LETTER_RETENTION_DAYS,
     }

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from celery import shared_task
 
+from event_log import erasure
+from event_log.clickhouse import ClickHouseError
 from event_log.kick import kick_started
 from event_log.query import answer_query
 from event_log.relay import Relay
@@ -83,3 +85,20 @@ def query_event_log(*, statement: str, limit: int, answer_key: str) -> None:
 def purge_old_dead_letters() -> int:
     """Delete dead letters older than EVENT_LOG_DEAD_LETTER_RETENTION_DAYS (daily)."""
     return purge_old()
+
+
+@shared_task(
+    name="event_log.tasks.erase_subject_in_clickhouse",
+    ignore_result=True,
+    autoretry_for=(ClickHouseError,),
+    retry_backoff=True,
+    max_retries=8,
+)
+def erase_subject_in_clickhouse(*, subject: str) -> int:
+    """An erasure's follow-up pass, queued by ``event_log_erase`` to run once every
+    INSERT in flight at the erasure has landed: rewrite what ClickHouse still holds of
+    the subject's personal fields (idempotent; retried while ClickHouse fails). Uses
+    this worker's ClickHouse client, the only one with the embedded engine (ADR 0011)."""
+    return erasure.erase_subject_in_clickhouse(
+        subject=subject, client=_worker_relay().connect_clickhouse()
+    )

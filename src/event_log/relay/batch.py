@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from event_log import sql
 from event_log.clickhouse import ClickHouseError
+
+_REQUEST_ID_FIELD = sql.CLICKHOUSE_COLUMNS.index("request_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,15 @@ class Batch:
     @property
     def rows(self) -> int:
         return self.block.count(b"\n")
+
+    @property
+    def first_request_id(self) -> str:
+        """The request id of the batch's first event ("" if it has none): read from the
+        first line only, so it costs nothing however big the batch."""
+        fields = self.block[: self.block.find(b"\n")].split(b"\t")
+        if len(fields) <= _REQUEST_ID_FIELD:
+            return ""
+        return fields[_REQUEST_ID_FIELD].decode(errors="replace")
 
     def lines(self) -> list[bytes]:
         """The rows, one TabSeparated line each (a row never spans lines)."""

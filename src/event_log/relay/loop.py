@@ -204,6 +204,10 @@ class Relay:
         escapes a run. Returns False when the run should stop (its budget is spent).
         """
         log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)
+        if first_request_id := batch.first_request_id:
+            # The run's own request_id (bound by the task) is the request that kicked it;
+            # this is the one whose event the batch starts with (docs/operations.md).
+            log = log.bind(first_request_id=first_request_id)
         started = time.perf_counter()
         self.checkpoint("sealed", batch)
         try:

@@ -98,6 +98,5 @@ def apply_migrations(
         logger.info("clickhouse_migration_applied", version=version, database=database)
         report.applied.append(version)
     report.repaired = verify.verify_table(ch, database=database, table=table)
-    if retention.apply_retention(ch, database=database, table=table):
-        report.repaired["ttl"] = str(retention.current_ttl(ch, database=database, table=table))
+    report.repaired.update(retention.apply_retention(ch, database=database, table=table))
     return report

@@ -50,6 +50,14 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "environment": ("LowCardinality(String)", "String"),
     "event_context": ("String",),
     "metadata_version": ("UInt64",),
+    # The envelope (migration 0004_envelope).
+    "actor_type": ("LowCardinality(String)", "String"),
+    "actor_id": ("String",),
+    "subject_type": ("LowCardinality(String)", "String"),
+    "subject_id": ("String",),
+    "request_id": ("String",),
+    "traceparent": ("String",),
+    # The batch each row travelled in (migration 0005_batch_chain).
     "batch_id": ("UUID",),
 }
 # Column kinds an INSERT cannot write.

@@ -5,10 +5,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from event_log.clickhouse import ClickHouseError
+from event_log.envelope import CommandActorMixin
 from event_log.erasure import ErasureError, event_log_erase
 
 
-class Command(BaseCommand):
+class Command(CommandActorMixin, BaseCommand):
     help = (
         "Erase a subject's personal fields (e.g. --subject user:42) from the outbox, the "
         "dead letters and ClickHouse, and record the erasure as a subject_erased event."
@@ -16,17 +17,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--subject", required=True, help="<kind>:<id>, e.g. user:42")
-        parser.add_argument(
-            "--wait",
-            type=float,
-            default=None,
-            help="seconds to wait for sealed batches holding the subject's rows "
-            "(default: lease + insert timeout)",
-        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            report = event_log_erase(subject=options["subject"], wait_for_in_flight=options["wait"])
+            report = event_log_erase(subject=options["subject"])
         except ErasureError as exc:
             raise CommandError(str(exc)) from None
         except ClickHouseError as exc:

@@ -9,11 +9,12 @@ from django.db import transaction
 from django.db.models.signals import post_save
 
 from event_log import publish
+from event_log.envelope import CommandActorMixin
 from users.events import user_created_event
 from users.models import User
 
 
-class Command(createsuperuser.Command):
+class Command(CommandActorMixin, createsuperuser.Command):
     help = f"{createsuperuser.Command.help} Publishes UserCreated for it."
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -5,10 +5,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from event_log.envelope import CommandActorMixin
 from users.superusers import SuperuserError, ensure_superuser
 
 
-class Command(BaseCommand):
+class Command(CommandActorMixin, BaseCommand):
     help = (
         "Create a superuser without prompts from DJANGO_SUPERUSER_EMAIL and "
         "DJANGO_SUPERUSER_PASSWORD (DJANGO_SUPERUSER_FIRST_NAME and "

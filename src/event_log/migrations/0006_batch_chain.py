@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("event_log", "0003_relay_control"),
+        ("event_log", "0005_event_log_search_permission"),
     ]
 
     operations = [
