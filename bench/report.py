@@ -464,7 +464,16 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def _loads(results: dict[str, Any]) -> str:
     parts = []
-    for section in ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup", "chain"):
+    for section in (
+        "publish",
+        "throughput",
+        "latency",
+        "memory",
+        "fsync",
+        "load",
+        "lookup",
+        "chain",
+    ):
         load = results.get(section, {}).get("loadavg_before")
         if load:
             parts.append(f"{section} {load[0]:.2f}")

@@ -25,7 +25,7 @@ from conftest import (
     publish_pings,
     unused_port,
 )
-from event_log import clickhouse, publish, sql
+from event_log import clickhouse, publish
 from event_log.clickhouse import ClickHouseError
 from event_log.faults_tests import time_ago
 from event_log.models import DeadLetter, OutboxBatch, OutboxEvent
