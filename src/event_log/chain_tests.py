@@ -427,6 +427,21 @@ def test_batches_older_than_the_retention_are_expired_not_missing(ch, settings):
     assert verify().missing == {recent[0]}
 
 
+def test_an_event_type_s_own_shorter_retention_expires_its_batches_too(ch, settings, monkeypatch):
+    """Per-type TTL rules may remove a type's rows before the table's retention."""
+    old = insert_outbox_rows([datetime.now(UTC) - timedelta(days=40)] * 3)
+    run_relay()
+    ch.command(f"DELETE FROM {ch.table} WHERE event_id IN ({', '.join(repr(str(i)) for i in old)})")
+    settings.EVENT_LOG = {**settings.EVENT_LOG, "RETENTION_DAYS": 0}
+    assert verify(since=datetime.now(UTC) - timedelta(hours=1)).missing == set(old)
+    monkeypatch.setattr(verify_module, "retention_days_by_event_type", lambda: {"ping": 30})
+
+    report = verify()
+
+    assert_clean(report)
+    assert report.chain is not None and report.chain.expired_batches == 1
+
+
 # -- anchoring, the command ----------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ key (event type, event time) narrow. Memory follows the ids of one group
 recorded in the window and reports, with batch ids:
 
 - **missing** rows (an entry's row ClickHouse lacks; a batch whose events are all
-  older than ``EVENT_LOG_RETENTION_DAYS`` is counted as *expired* instead);
+  older than the shortest retention, ``EVENT_LOG_RETENTION_DAYS`` or an event type's
+  own, is counted as *expired* instead);
 - **altered** rows (held, but their digest, or their ``batch_id``, is not the
   entry's, nor that of a later erasure);
 - **extra** rows (in the spans looked at, but in no entry of their batch);
@@ -46,6 +47,7 @@ from clickhouse_connect.driver.client import Client
 from django.db import connection
 
 from event_log import chain, clickhouse, sql
+from event_log.catalogue import retention_days_by_event_type
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import Delivery, Verification
@@ -554,13 +556,16 @@ class _Group:
     batches: int = 0
     event_ids: set[uuid.UUID] = field(default_factory=set)
     spans: list[tuple[datetime, datetime]] = field(default_factory=list)
-    # Ids of batches with events older than EVENT_LOG_RETENTION_DAYS: the TTL may
-    # have removed them, so their absence is no finding.
+    # Ids of batches with events older than the shortest retention: the TTL may have
+    # removed them, so their absence is no finding.
     expirable: set[uuid.UUID] = field(default_factory=set)
 
 
 def _retention_cutoff(until: datetime) -> datetime | None:
-    days = event_log_settings().RETENTION_DAYS
+    """Events older than this may have been removed by the TTL: the shortest of
+    ``EVENT_LOG_RETENTION_DAYS`` and the event types' own retentions (0: for ever)."""
+    retentions = [event_log_settings().RETENTION_DAYS, *retention_days_by_event_type().values()]
+    days = min((d for d in retentions if d), default=0)
     return until - timedelta(days=days) if days else None
 
 
