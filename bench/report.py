@@ -59,6 +59,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             f"{len(relay_runs) - len(bad)}/{len(relay_runs)} runs",
             "FAIL" if bad else "OK",
         )
+    if "chain" in results:
+        v = results["chain"]["verification"]
+        add(
+            "event_log_verify finds nothing after a clean drain",
+            f"{v['findings']} findings over {v['events']:,} events ({v['entries']:,} entries)",
+            _status(v["clean"]),
+        )
     if "publish" in results:
         p = results["publish"]
         add(
@@ -428,6 +435,31 @@ def render(results: dict[str, Any]) -> str:
         out += ["", *load_lines(results["load"])]
     if "lookup" in results:
         out += ["", "8. envelope lookups", *envelope_lookup.render(results["lookup"])]
+    if "chain" in results:
+        c = results["chain"]
+        v = c["verification"]
+        out += [
+            "",
+            f"9. Batch chain — draining {c['backlog']:,} events in batches of "
+            f"{c['batch_size']:,} with and without it; one verification",
+            table(
+                ["relays", "with chain ev/s", "without ev/s", "with/without"],
+                [
+                    [
+                        str(k["workers"]),
+                        f"{k['chain_events_per_s']:,.0f}",
+                        f"{k['no_chain_events_per_s']:,.0f}",
+                        f"{k['ratio']:.1%}",
+                    ]
+                    for k in c["comparisons"]
+                ],
+                {0, 1, 2, 3},
+            ),
+            f"event_log_verify over {v['events']:,} events in {v['batches']:,} batches: "
+            f"{v['seconds']:.1f} s ({v['rows_per_s']:,.0f} rows/s), peak RSS "
+            f"+{v['peak_rss_growth_mb']:.0f} MB, {v['findings']} findings (the delivery "
+            f"records' check alone: {v['delivery_records_seconds']:.1f} s)",
+        ]
     if results.get("targets"):
         out += [
             "",
@@ -482,7 +514,16 @@ def _economy_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def _loads(results: dict[str, Any]) -> str:
     parts = []
-    for section in ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup"):
+    for section in (
+        "publish",
+        "throughput",
+        "latency",
+        "memory",
+        "fsync",
+        "load",
+        "lookup",
+        "chain",
+    ):
         load = results.get(section, {}).get("loadavg_before")
         if load:
             parts.append(f"{section} {load[0]:.2f}")

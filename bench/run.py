@@ -13,6 +13,8 @@
    (``make loadtest``, ``loadtest``);
 8. lookup — the envelope's lookups (subject, request, actor) on millions of rows,
    with and without the skip indexes (``envelope_lookup``).
+9. chain — relay throughput with and without the batch chain, and the cost of
+   ``event_log_verify`` over a million delivered events (``chain_cost``).
 
 The run uses databases of its own (see ``harness``), prints a table and writes
 the same figures as JSON to ``bench/results/bench-<UTC timestamp>.json`` and
@@ -34,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import chain_cost
 import envelope_lookup
 import fsync_cost
 import harness
@@ -44,7 +47,7 @@ import publish_overhead
 import report
 import throughput
 
-SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup")
+SECTIONS = ("publish", "throughput", "latency", "memory", "fsync", "load", "lookup", "chain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,10 @@ class Sizes:
     fsync_batches: int
     fsync_rows: int
     lookup_rows: int
+    chain_backlog: int
+    chain_batch_size: int
+    chain_rounds: int
+    verify_events: int
 
 
 FULL = Sizes(
@@ -82,6 +89,10 @@ FULL = Sizes(
     fsync_batches=40,
     fsync_rows=5_000,
     lookup_rows=5_000_000,
+    chain_backlog=100_000,
+    chain_batch_size=10_000,
+    chain_rounds=3,
+    verify_events=1_000_000,
 )
 QUICK = Sizes(
     publish_rounds=200,
@@ -99,6 +110,10 @@ QUICK = Sizes(
     fsync_batches=6,
     fsync_rows=5_000,
     lookup_rows=500_000,
+    chain_backlog=10_000,
+    chain_batch_size=1_000,
+    chain_rounds=1,
+    verify_events=100_000,
 )
 
 
@@ -197,7 +212,7 @@ def main() -> int:
                     bench, probe, rounds=sizes.publish_rounds, warmup=sizes.publish_warmup
                 )
             )
-        if "throughput" in only or "memory" in only:
+        if "throughput" in only or "memory" in only or "chain" in only:
             say(f"   backlog template: {sizes.backlog:,} events published through publish()")
             harness.make_backlog_template(sizes.backlog)
         if "throughput" in only:
@@ -262,6 +277,22 @@ def main() -> int:
                 "skip indexes"
             )
             results["lookup"] = _timed(lambda: _lookup(probe, rows=sizes.lookup_rows))
+        if "chain" in only:
+            say(
+                f"9. batch chain: backlog of {sizes.chain_backlog:,} events with and without "
+                f"it; verification of {sizes.verify_events:,} events"
+            )
+            results["chain"] = _timed(
+                lambda: chain_cost.run(
+                    bench,
+                    probe,
+                    backlog=sizes.chain_backlog,
+                    batch_size=sizes.chain_batch_size,
+                    rounds=sizes.chain_rounds,
+                    verify_events=sizes.verify_events,
+                    progress=say,
+                )
+            )
     finally:
         from django.db import connections  # noqa: PLC0415
 

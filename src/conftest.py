@@ -101,7 +101,10 @@ class ClickHouseProbe:
         )
 
     def truncate(self) -> None:
+        """Empty the event table and the batch chain's copy (PostgreSQL's ledger is
+        emptied with every other table between tests)."""
         self.command(f"TRUNCATE TABLE {self.table}")
+        self.command(f"TRUNCATE TABLE IF EXISTS {self.table}_batches")
 
 
 @pytest.fixture
@@ -210,12 +213,20 @@ def publish_pings(count: int, *, chunk: int = 5_000) -> list[uuid.UUID]:
 
 
 def tsv_line(
-    event_id: Any, event_type: str, at: Any, context: str = "{}", *, environment: str = "test"
+    event_id: Any,
+    event_type: str,
+    at: Any,
+    context: str = "{}",
+    *,
+    environment: str = "test",
+    batch_id: Any = None,
 ) -> bytes:
-    """One row as the relay sends it (TabSeparated, ``sql.CLICKHOUSE_COLUMNS``), written
-    by hand: ``metadata_version`` 1, the columns after it (the envelope) empty."""
+    """One row as the relay sends it (TabSeparated, ``sql.RELAY_COLUMNS``), written by
+    hand: ``metadata_version`` 1, the envelope empty, then ``batch_id`` (a new one
+    unless given)."""
     fields = [str(event_id), event_type, str(at), environment, context, "1"]
     fields += [""] * (len(sql.CLICKHOUSE_COLUMNS) - len(fields))
+    fields.append(str(batch_id if batch_id is not None else uuid.uuid4()))
     return ("\t".join(fields) + "\n").encode()
 
 

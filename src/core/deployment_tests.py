@@ -115,7 +115,10 @@ def test_clickhouse_grants_are_least_privilege():
     reader = config.find("profiles/reader")
 
     assert grants == {
-        "relay": ["GRANT INSERT, SELECT ON die_hard.event_log"],
+        "relay": [
+            "GRANT INSERT, SELECT ON die_hard.event_log",
+            "GRANT INSERT, SELECT ON die_hard.event_log_batches",
+        ],
         "migrator": ["GRANT ALL ON die_hard.*"],
         "reader": ["GRANT SELECT ON die_hard.event_log"],
     }

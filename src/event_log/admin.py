@@ -284,21 +284,12 @@ def _who(request: HttpRequest) -> str:
 
 
 @admin.register(EventLogEntry)
-class EventLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class EventLogAdmin(ReadOnlyAdmin):
     """The "Event log" page: a read-only search of ClickHouse (event_log.search_admin),
     for staff who hold ``event_log.view_event_log``; nothing to add, change or delete."""
 
     def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return request.user.has_perm("event_log.view_event_log")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         opts = self.model._meta

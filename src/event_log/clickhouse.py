@@ -267,7 +267,8 @@ def insert_settings(ch: Client, *, token: str, timeout: float | None = None) -> 
 def insert_tsv(
     ch: Client, *, table: str, block: bytes, token: str, timeout: float | None = None
 ) -> None:
-    """Insert a TabSeparated block in one INSERT, deduplicated by ``token``.
+    """Insert a TabSeparated block of ``sql.RELAY_COLUMNS`` in one INSERT, deduplicated
+    by ``token``.
 
     Sends :data:`INSERT_SETTINGS` (those the server knows) so that no profile
     setting can make ClickHouse skip rows, read the text differently, or insert
@@ -276,7 +277,7 @@ def insert_tsv(
     try:
         ch.raw_insert(
             table,
-            list(sql.CLICKHOUSE_COLUMNS),
+            list(sql.RELAY_COLUMNS),
             insert_block=block,
             fmt="TabSeparated",
             settings=insert_settings(ch, token=token, timeout=timeout),

@@ -22,7 +22,7 @@ import structlog
 from django.db import connection, transaction
 from django.db.models import Func, Model, QuerySet, TextField
 
-from event_log import sql
+from event_log import chain, sql
 from event_log.kick import relay_run_on_commit
 from event_log.models import DeadLetter
 
@@ -127,6 +127,17 @@ def dead_letters_replay(*, ids: Sequence[int] | None = None) -> int:
         with connection.cursor() as cur:
             cur.execute(sql.REPLAY_DEAD_LETTERS, {"ids": selected})
             moved = cur.rowcount
+            # The replay in the batch chain: which events went back (their rows are
+            # chained again when delivered, so no row digest here).
+            chain.append(
+                cur,
+                chain.PendingEntry(
+                    kind=chain.REPLAY,
+                    batch_id=None,
+                    rows=len(rows),
+                    row_digests=chain.pack((event_id, chain.NO_DIGEST) for _, event_id in rows),
+                ),
+            )
         relay_run_on_commit(connection.alias)
     # Ids only: which events went back is audit; their contexts stay out of logs.
     logger.info(

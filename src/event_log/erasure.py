@@ -22,14 +22,18 @@ subject (``subject = ("user", "user_id")``), in the order that leaves no copy be
    of the renewal, so :func:`erase_subject_in_clickhouse` runs step 3 again that much
    later (a Celery task with a countdown; idempotent, logged).
 
-The erasure is then published as :class:`~event_log.events.SubjectErased` (counts
-and subject id only). Running it again is harmless: rows already erased are not
-rewritten.
+The rows step 3 rewrote, with their new digests, are then appended to the batch
+chain as an ``erasure`` entry (event_log.chain), so ``event_log_verify`` expects the
+erased text (the follow-up pass appends one for the rows it rewrites), and the
+erasure is published as :class:`~event_log.events.SubjectErased` (counts
+and subject id only), in the same transaction. Running it again is harmless: rows
+already erased are not rewritten.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -40,7 +44,7 @@ from clickhouse_connect.driver.client import Client
 from django.db import connection, transaction
 from django.db.models import Q
 
-from event_log import clickhouse, publish, sql
+from event_log import chain, clickhouse, publish, sql
 from event_log.catalogue import event_classes
 from event_log.conf import event_log_settings
 from event_log.events import SubjectErased, personal_fields
@@ -214,12 +218,13 @@ def _chunks(items: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str,
 
 def _erase_clickhouse(
     types: list[SubjectEvents], subject_id: str, client: Client | None = None
-) -> int:
+) -> dict[uuid.UUID, bytes]:
     """Rewrite the subject's rows in ClickHouse (with ``client``, or a client of its
-    own); returns how many it rewrote."""
+    own); returns each rewritten row's new digest (as event_log.chain computes it) by
+    event id, read back after the mutation."""
     table = event_log_settings().CLICKHOUSE_TABLE
     raw_ids = [clickhouse.quote(subject_id), clickhouse.quote(json.dumps(subject_id))]
-    erased = 0
+    erased: dict[uuid.UUID, bytes] = {}
     with nullcontext(client) if client is not None else clickhouse.client() as ch:
         for kind in types:
             rows = clickhouse.query_rows(
@@ -248,8 +253,34 @@ def _erase_clickhouse(
                     )
                 except Exception as exc:
                     raise clickhouse.ClickHouseError.from_exception(exc) from exc
-                erased += len(chunk)
+                erased.update(
+                    (event_id, bytes(digest))
+                    for event_id, digest in clickhouse.query_rows(
+                        ch,
+                        f"SELECT event_id, {sql.row_digest_sql()} FROM {table} "  # noqa: S608
+                        f"WHERE event_type = {clickhouse.quote(kind.event_type)} "
+                        f"AND toString(event_id) IN ({ids})",
+                    )
+                )
     return erased
+
+
+def _chain_erasure(rewritten: dict[uuid.UUID, bytes]) -> None:
+    """The rewritten rows' new digests, as an ``erasure`` entry of the batch chain
+    (in the caller's transaction): the verification then expects them (the ClickHouse
+    copy gets it at the next verification). Nothing when no row was rewritten."""
+    if not rewritten:
+        return
+    with connection.cursor() as cur:
+        chain.append(
+            cur,
+            chain.PendingEntry(
+                kind=chain.ERASURE,
+                batch_id=None,
+                rows=len(rewritten),
+                row_digests=chain.pack(rewritten.items()),
+            ),
+        )
 
 
 def event_log_erase(*, subject: str) -> ErasureReport:
@@ -268,13 +299,15 @@ def event_log_erase(*, subject: str) -> ErasureReport:
     with transaction.atomic():
         report.outbox_events, report.in_flight_batches = _erase_outbox(types, subject_id)
         report.dead_letters = _erase_dead_letters(types, subject_id)
-    report.clickhouse_events = _erase_clickhouse(types, subject_id)
+    rewritten = _erase_clickhouse(types, subject_id)
+    report.clickhouse_events = len(rewritten)
     if report.in_flight_batches:
         config = event_log_settings()
         delay = config.INSERT_TIMEOUT + config.LEASE_SECONDS
         if _queue_follow_up(report.subject, countdown=delay):
             report.follow_up_in_s = delay
     with transaction.atomic():
+        _chain_erasure(rewritten)
         publish(
             SubjectErased(
                 subject_kind=kind,
@@ -323,7 +356,10 @@ def erase_subject_in_clickhouse(*, subject: str, client: Client | None = None) -
     erasure ran). Idempotent; returns how many rows it rewrote (0 when nothing
     landed late). Raises :class:`ErasureError` for a bad subject."""
     kind, subject_id, types = parse_subject(subject)
-    erased = _erase_clickhouse(types, subject_id, client)
+    rewritten = _erase_clickhouse(types, subject_id, client)
+    with transaction.atomic():
+        _chain_erasure(rewritten)
+    erased = len(rewritten)
     log = logger.warning if erased else logger.info
     log(
         "subject_erasure_followed_up",

@@ -368,7 +368,7 @@ def test_a_resent_batch_whose_token_clickhouse_kept_without_its_rows_is_complete
     with clickhouse.client(ch.url) as client:
         # Same partition (month) as the batch: ClickHouse keys the token by partition.
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        stray = tsv_line(uuid.uuid4(), "stray", now)
+        stray = tsv_line(uuid.uuid4(), "stray", now, batch_id=batch.id)
         clickhouse.insert_tsv(client, table=ch.table, block=stray, token=str(batch.id))
         client.command(f"DELETE FROM {ch.table} WHERE event_type = 'stray'")
     OutboxBatch.objects.update(lease_until=time_ago(1))

@@ -215,7 +215,7 @@ def test_the_front_end_takes_inserts_in_every_shape_clickhouse_connect_sends(cli
         ):
             ch.raw_insert(
                 TABLE,
-                list(sql.CLICKHOUSE_COLUMNS),
+                list(sql.RELAY_COLUMNS),
                 insert_block=data,
                 fmt="TabSeparated",
                 compression=codec,

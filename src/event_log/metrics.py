@@ -107,9 +107,16 @@ class VerifyCollector(Collector):
         latest = Verification.objects.order_by("-verified_at").first()
         yield GaugeMetricFamily(
             "event_log_verify_failures",
-            "Event ids the latest verification found duplicated in ClickHouse or missing "
-            "from it (0 when clean or never run).",
-            value=(latest.duplicated + latest.missing) if latest else 0,
+            "Findings of the latest verification: event ids duplicated in ClickHouse, "
+            "missing from it, altered or extra there, and batch chain breaks (0 when clean "
+            "or never run).",
+            value=latest.failures if latest else 0,
+        )
+        yield GaugeMetricFamily(
+            "event_log_verify_chain_breaks",
+            "Breaks in the batch chain the latest verification found: rewritten or missing "
+            "ledger entries, a head that is not the last entry (0 when intact or never run).",
+            value=latest.chain_breaks if latest else 0,
         )
         yield GaugeMetricFamily(
             "event_log_verify_last_run_timestamp_seconds",

@@ -172,6 +172,11 @@ class Verification(models.Model):
     events = models.PositiveBigIntegerField()
     duplicated = models.PositiveBigIntegerField()
     missing = models.PositiveBigIntegerField()
+    # Findings of the batch chain (event_log.chain): rows whose digest changed, rows no
+    # entry accounts for, and breaks in the chain itself.
+    altered = models.PositiveBigIntegerField(default=0)
+    extra = models.PositiveBigIntegerField(default=0)
+    chain_breaks = models.PositiveBigIntegerField(default=0)
     # The first ids of each finding (the command's output has them all).
     findings = models.JSONField(default=dict)
 
@@ -179,7 +184,59 @@ class Verification(models.Model):
         db_table = "event_log_verification"
 
     def __str__(self) -> str:
-        return f"{self.verified_at:%Y-%m-%d %H:%M}: {self.duplicated + self.missing} findings"
+        return f"{self.verified_at:%Y-%m-%d %H:%M}: {self.failures} findings"
+
+    @property
+    def failures(self) -> int:
+        return self.duplicated + self.missing + self.altered + self.extra + self.chain_breaks
+
+
+class ChainEntry(models.Model):
+    """One entry of the batch chain (event_log.chain): what one finish, dead-lettering,
+    replay or erasure did to the log, chained to the entry before it. Append-only.
+
+    ``row_digests`` holds, sorted by event id, each row's 16-byte event id followed by
+    the 32-byte SHA-256 of its canonical text; ``digest`` is SHA-256 of the previous
+    entry's digest, this position and ``entry_digest``.
+    """
+
+    position = models.BigIntegerField(primary_key=True)
+    batch_id = models.UUIDField(null=True, blank=True, db_index=True)
+    kind = models.CharField(max_length=16)
+    recorded_at = models.DateTimeField(db_index=True)
+    rows = models.PositiveIntegerField()
+    first_event_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    row_digests = models.BinaryField()
+    entry_digest = models.BinaryField()
+    prev_digest = models.BinaryField()
+    digest = models.BinaryField()
+
+    class Meta:
+        db_table = "event_log_chain"
+        verbose_name_plural = "chain entries"
+        ordering = ("position",)
+
+    def __str__(self) -> str:
+        return f"{self.position}: {self.kind} {self.batch_id or ''} ({self.rows} rows)"
+
+
+class ChainHead(models.Model):
+    """The chain's last position and digest: one row (id 1), locked by each append, so
+    entries get one total order whichever relay appends them."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    position = models.BigIntegerField(default=0)
+    prev_digest = models.BinaryField()
+    digest = models.BinaryField()
+    # When the chain began: rows in ClickHouse older than this may predate it.
+    started_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "event_log_chain_head"
+
+    def __str__(self) -> str:
+        return f"chain head at {self.position}"
 
 
 class RelayControl(models.Model):

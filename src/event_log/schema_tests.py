@@ -121,7 +121,8 @@ def test_fsync_migration_turns_fsync_on_in_a_database_migrated_before_it(client)
     client.command(f"CREATE DATABASE `{database}`")
     try:
         first = ddl.migration_files()[0]
-        client.command(ddl.render(first, database=database, table="event_log"))
+        for statement in ddl.render(first, database=database, table="event_log"):
+            client.command(statement)
         client.command(
             f"CREATE TABLE `{database}`.schema_migrations (version String, applied_at "
             "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
@@ -154,7 +155,8 @@ def test_the_envelope_migration_keeps_every_event_of_a_table_that_predates_it(cl
         for path in ddl.migration_files():
             if path.stem >= "0004_envelope":
                 break
-            client.command(ddl.render(path, database=database, table="event_log"))
+            for statement in ddl.render(path, database=database, table="event_log"):
+                client.command(statement)
             client.command(
                 f"INSERT INTO `{database}`.schema_migrations (version) VALUES ('{path.stem}')"
             )
@@ -188,6 +190,42 @@ def test_the_envelope_migration_keeps_every_event_of_a_table_that_predates_it(cl
     assert {row[1:] for row in after} == {("",) * len(sql.ENVELOPE_COLUMNS)}
     assert {"subject_lookup", "request_lookup", "actor_lookup"} <= indexes
     assert verified == {}
+
+
+def test_the_batch_chain_migration_gives_a_populated_table_its_batch_id_column(client):
+    database = f"schema_test_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE DATABASE `{database}`")
+    try:
+        client.command(
+            f"CREATE TABLE `{database}`.schema_migrations (version String, applied_at "
+            "DateTime64(6, 'UTC') DEFAULT now64(6)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        for path in ddl.migration_files():
+            if path.stem >= "0005":
+                break
+            for statement in ddl.render(path, database=database, table="event_log"):
+                client.command(statement)
+            client.command(
+                f"INSERT INTO `{database}`.schema_migrations (version) VALUES ('{path.stem}')"
+            )
+        old = uuid.uuid4()
+        client.command(
+            f"INSERT INTO `{database}`.event_log (event_id, event_type, event_date_time, "
+            f"environment, event_context, metadata_version) VALUES ('{old}', 'ping', "
+            "now64(6), 'test', '{}', 1)"
+        )
+
+        report = schema.apply_migrations(client, database=database, table="event_log")
+
+        rows = client.query(f"SELECT event_id, batch_id FROM `{database}`.event_log").result_rows
+        copies = client.command(f"SELECT count() FROM `{database}`.event_log_batches")
+        again = schema.apply_migrations(client, database=database, table="event_log")
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+    assert "0005_batch_chain" in report.applied
+    assert rows == [(old, uuid.UUID(int=0))], "rows older than the chain have the nil batch"
+    assert copies == 0
+    assert not again.changed
 
 
 def test_fsync_turned_off_explicitly_in_the_table_is_kept_and_logged(client, scratch):
@@ -390,7 +428,7 @@ def test_migrate_converts_the_previous_services_table_keeping_every_row(
     assert len(set(ids)) == len(ids) == len(before)
     assert schema.verify_table(client, table=table) == {}
     assert legacy._comment(client, client.database or "default", table) == ""
-    [kept] = [t for t in tables_like(client, table) if t != table]
+    [kept] = [t for t in tables_like(client, table) if t not in (table, f"{table}_batches")]
     assert kept.startswith(f"{table}_legacy_")
     assert f"`{kept}`" in report.upgraded.legacy_table
     assert content(client, kept) == before
@@ -415,7 +453,12 @@ def test_a_conversion_cut_short_mid_copy_is_finished_by_the_next_run_without_dup
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database=client.database or "default", table=staging)
+    ddl.create_table(
+        client,
+        database=client.database or "default",
+        table=staging,
+        batches=ddl.chain_copy_table(table),
+    )
     client.command(f"ALTER TABLE {staging} MODIFY COMMENT '{legacy.STAGING_COMMENT}'")
     # A first month copied whole, the second cut short (as a crash would leave them).
     first, second = sorted(
@@ -443,7 +486,12 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
     table = scratch()
     before = make_legacy(client, table)
     staging = f"{table}{legacy.STAGING_SUFFIX}"
-    ddl.create_table(client, database=client.database or "default", table=staging)
+    ddl.create_table(
+        client,
+        database=client.database or "default",
+        table=staging,
+        batches=ddl.chain_copy_table(table),
+    )
     client.command(
         f"INSERT INTO {staging} (event_id, event_type, event_date_time, environment, "
         "event_context, metadata_version) SELECT generateUUIDv4(), event_type, event_date_time, "
@@ -455,7 +503,7 @@ def test_a_conversion_cut_short_after_the_swap_is_finished_by_the_next_run(clien
 
     assert report.upgraded is not None
     assert content(client, table) == before
-    [kept] = [t for t in tables_like(client, table) if t != table]
+    [kept] = [t for t in tables_like(client, table) if t not in (table, f"{table}_batches")]
     assert kept.startswith(f"{table}_legacy_")
     assert content(client, kept) == before
 

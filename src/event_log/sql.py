@@ -27,6 +27,10 @@ CLICKHOUSE_COLUMNS = (
     "metadata_version",
     *ENVELOPE_COLUMNS,
 )
+# What the relay inserts: those columns, then the batch each row travelled in (the key
+# of its entry in the batch chain, event_log.chain). Batch digests cover
+# CLICKHOUSE_COLUMNS; the batch id is checked against the chain's entry.
+RELAY_COLUMNS = (*CLICKHOUSE_COLUMNS, "batch_id")
 
 # publish(): one multi-row INSERT (measured cheaper than unnesting arrays, above all
 # for the common single event).
@@ -95,11 +99,13 @@ COPY_COLUMNS = """
     actor_type, actor_id, subject_type, subject_id, request_id, traceparent
 """
 
-# A batch's rows, found on the primary key by id range. Always in id order, so every
-# attempt sends the same block. (Built from constants only.)
+# A batch's rows (RELAY_COLUMNS: the event's columns, then its batch id, last), found
+# on the primary key by id range. Always in id order, so every attempt sends the same
+# block. (Built from constants only.)
 COPY_BATCH = f"""
 COPY (
-    SELECT {COPY_COLUMNS}
+    SELECT {COPY_COLUMNS},
+    batch_id
     FROM event_log_outbox
     WHERE id BETWEEN {{first_id}} AND {{last_id}} AND batch_id = {{batch_id}} {{only}}
     ORDER BY id
@@ -422,4 +428,114 @@ FROM {table}
 WHERE {where}
 ORDER BY event_date_time DESC, event_id DESC
 LIMIT {limit} OFFSET {offset}
+"""
+
+# -- the batch chain (event_log.chain) -------------------------------------------------
+
+# Append one entry, in the transaction that finishes (or dead-letters, replays, erases)
+# what it records. The head row is the chain's one serialisation point: its lock is held
+# from here to the commit, so entries get consecutive positions in one total order
+# whichever relay appends them. The link is computed here, from the head's digest as it
+# is once locked: digest = sha256(previous digest || position (8 bytes) || entry digest).
+# A missing head row is the genesis (position 0, all-zero digest). recorded_at is taken
+# under the lock (clock_timestamp(), not the transaction's start), so it grows with the
+# position; it comes back as text: no session setting (DateStyle) may change it.
+APPEND_CHAIN_ENTRY = """
+WITH head AS (
+    INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
+    VALUES (1, 1, %(genesis)s, sha256(%(genesis)s || int8send(1) || %(entry_digest)s), now())
+    ON CONFLICT (id) DO UPDATE SET
+        position = h.position + 1,
+        prev_digest = h.digest,
+        digest = sha256(h.digest || int8send(h.position + 1) || %(entry_digest)s)
+    RETURNING position, prev_digest, digest
+)
+INSERT INTO event_log_chain
+    (position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
+     row_digests, entry_digest, prev_digest, digest)
+SELECT position, %(batch_id)s, %(kind)s, clock_timestamp(), %(rows)s,
+       %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
+       %(row_digests)s, %(entry_digest)s, prev_digest, digest
+FROM head
+RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
+          prev_digest, digest
+"""
+
+CHAIN_ENTRY_COLUMNS = """
+position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at, row_digests,
+entry_digest, prev_digest, digest
+"""
+# The entries of a window: every position from the first recorded in it to the last,
+# so the walk sees a contiguous stretch whatever the clock did.
+CHAIN_ENTRIES_RECORDED = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE position >= (SELECT min(position) FROM event_log_chain WHERE recorded_at >= %(since)s)
+  AND position <= (SELECT max(position) FROM event_log_chain WHERE recorded_at < %(until)s)
+ORDER BY position
+"""  # noqa: S608 (column names only)
+CHAIN_ENTRY_AT = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain WHERE position = %(position)s
+"""  # noqa: S608 (column names only)
+CHAIN_ENTRIES_AFTER = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE position > %(position)s ORDER BY position LIMIT %(limit)s
+"""  # noqa: S608 (column names only)
+# Erasures change the digests of rows delivered before them: those from the window's
+# first entry on apply to the window's rows.
+CHAIN_ERASURES_FROM = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE kind = 'erasure' AND position >= %(position)s ORDER BY position
+"""  # noqa: S608 (column names only)
+# Rows ClickHouse holds under batches outside the window: their entries, to tell a row
+# delivered earlier from a forged one.
+CHAIN_DELIVERIES_OF_BATCHES = f"""
+SELECT {CHAIN_ENTRY_COLUMNS} FROM event_log_chain
+WHERE kind = 'delivery' AND batch_id = ANY(%(batch_ids)s::uuid[])
+"""  # noqa: S608 (column names only)
+# The head and the last entry, read in one statement (one snapshot): an append between
+# two reads would look like a head that is not the last entry.
+CHAIN_HEAD = """
+SELECT h.position, h.digest, h.started_at, last.position, last.digest
+FROM event_log_chain_head AS h
+LEFT JOIN LATERAL (
+    SELECT position, digest FROM event_log_chain ORDER BY position DESC LIMIT 1
+) AS last ON true
+WHERE h.id = 1
+"""
+# Batches still in flight: their rows may be in ClickHouse before their entry exists.
+BATCHES_IN_FLIGHT = "SELECT id FROM event_log_batch WHERE id = ANY(%(batch_ids)s::uuid[])"
+
+
+def row_digest_sql(columns: tuple[str, ...] = CLICKHOUSE_COLUMNS) -> str:
+    """ClickHouse's expression for a row's digest, as event_log.chain computes it from the
+    text the relay sends: SHA-256 of the columns' text (``toString``) joined by tabs, with
+    backslash, tab and newline escaped and NULL as empty text (32 bytes)."""
+    fields = [
+        f"ifNull(replaceAll(replaceAll(replaceAll(toString(`{column}`), '\\\\', '\\\\\\\\'), "
+        f"'\\t', '\\\\t'), '\\n', '\\\\n'), '')"
+        for column in columns
+    ]
+    return f"SHA256(concat({", '\\t', ".join(fields)}))"
+
+
+# The rows of event-time spans with their batch and digest, raw (event_log.verify).
+CLICKHOUSE_ROW_DIGESTS = """
+SELECT event_id, batch_id, event_date_time, {digest} FROM {table} WHERE {where}
+"""
+# The ClickHouse copy of the ledger (EVENT_LOG_CLICKHOUSE_TABLE + "_batches").
+CHAIN_COPY_COLUMNS = (
+    "position",
+    "batch_id",
+    "kind",
+    "recorded_at",
+    "rows",
+    "first_event_at",
+    "last_event_at",
+    "row_digests",
+    "entry_digest",
+    "prev_digest",
+    "digest",
+)
+CHAIN_COPY_DIGESTS = """
+SELECT position, digest FROM {table} WHERE position BETWEEN {first:d} AND {last:d}
 """

@@ -13,7 +13,7 @@ from event_log.kick import kick_started
 from event_log.query import answer_query
 from event_log.relay import Relay
 from event_log.retention import purge_old_dead_letters as purge_old
-from event_log.verify import purge_old_records, record_verification, verify_deliveries
+from event_log.verify import purge_old_records, record_verification, verify_log
 
 logger = structlog.get_logger(__name__)
 
@@ -46,19 +46,24 @@ def relay_outbox(*, kicked: bool = False) -> dict[str, int | bool]:
 
 @shared_task(name="event_log.tasks.verify_deliveries", ignore_result=True)
 def verify_deliveries_task(*, window_seconds: float = 3600.0) -> dict[str, int | bool]:
-    """Purge delivery records past their retention, then verify the last ``window_seconds``.
+    """Purge delivery records past their retention, then verify the last ``window_seconds``
+    (delivery records and the batch chain).
 
-    Logs ``event_log_verify_passed`` or ``event_log_verify_failed``; the outcome is
-    kept in PostgreSQL for the ``event_log_verify_failures`` metric.
+    Logs the chain's head and ``event_log_verify_passed`` or ``event_log_verify_failed``;
+    the outcome is kept in PostgreSQL for the ``event_log_verify_failures`` and
+    ``event_log_verify_chain_breaks`` metrics.
     """
     purged = purge_old_records()
-    report = verify_deliveries(since=datetime.now(UTC) - timedelta(seconds=window_seconds))
+    report = verify_log(since=datetime.now(UTC) - timedelta(seconds=window_seconds))
     record_verification(report)
     return {
         "purged": purged,
         "events": report.events,
         "duplicated": len(report.duplicated),
         "missing": len(report.missing),
+        "altered": len(report.altered),
+        "extra": len(report.extra),
+        "chain_breaks": len(report.chain.breaks) if report.chain else 0,
         "clean": report.clean,
     }
 

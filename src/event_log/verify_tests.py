@@ -147,7 +147,13 @@ def test_verify_reports_a_duplicate_and_a_gap_injected_into_clickhouse_by_their_
     assert report["missing"] == [str(deleted)]
     verification = Verification.objects.get()
     assert (verification.duplicated, verification.missing) == (1, 1)
-    assert verification.findings == {"duplicated": [str(duplicated)], "missing": [str(deleted)]}
+    assert verification.findings == {
+        "duplicated": [str(duplicated)],
+        "missing": [str(deleted)],
+        "altered": [],
+        "extra": [],
+        "chain": [],
+    }
 
 
 def test_verify_prints_each_finding_on_its_own_line(ch, capsys):
@@ -163,7 +169,13 @@ def test_verify_prints_each_finding_on_its_own_line(ch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith(": 1 duplicated, 1 missing")
     assert lines[0].startswith("50 events in 1 batches delivered from ")
-    assert lines[1:] == [f"duplicated {published[3]} (2 copies)", f"missing {published[4]}"]
+    assert lines[1].startswith("batch chain: 1 entries checked, head at position 1 (")
+    assert lines[1].endswith("): 0 altered, 0 extra, 0 breaks, 0 batches expired")
+    [batch_id] = Delivery.objects.values_list("batch_id", flat=True)
+    assert lines[2:] == [
+        f"duplicated {published[3]} (2 copies)",
+        f"missing {published[4]} (batch {batch_id})",
+    ]
 
 
 def test_verify_finds_a_duplicate_among_events_no_delivery_record_covers(ch):
@@ -308,6 +320,7 @@ def test_the_alert_rules_watch_metrics_that_metrics_exposes(db, client):
 
     assert watched == {
         "event_log_verify_failures",
+        "event_log_verify_chain_breaks",
         "event_log_verify_last_run_timestamp_seconds",
     }
     assert watched <= set(_metrics(client))

@@ -1,21 +1,26 @@
 """Step 3, finish: delete what ClickHouse holds, dead-letter what it refuses; or give
-the batch back for a later attempt. Every statement acts only for the batch's holder."""
+the batch back for a later attempt. Every statement acts only for the batch's holder.
+
+Both finishes append the batch's entries to the batch chain (event_log.chain) as their
+last statement: the chain's head stays locked only from there to the commit.
+"""
 
 from __future__ import annotations
 
 from django.db import connection, transaction
 
-from event_log import sql
-from event_log.relay.batch import Batch, Delivery
+from event_log import chain, sql
+from event_log.relay.batch import Batch, Delivery, event_id
 from event_log.relay.fence import LeaseLostError
 
 
-def finish(batch: Batch) -> int:
+def finish(batch: Batch, *, appended: list[chain.Entry] | None = None) -> int:
     """The fast path: the whole batch was acknowledged; delete it. Returns rows deleted.
 
-    Raises :class:`LeaseLostError` (and changes nothing) when another relay holds the
-    batch now.
+    The chain entry it appended is added to ``appended``. Raises
+    :class:`LeaseLostError` (and changes nothing) when another relay holds the batch now.
     """
+    pending = chain.pending_rows(chain.DELIVERY, batch.id, batch.lines())
     with transaction.atomic(), connection.cursor() as cur:
         # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
         # the batch comes back sealed and is re-sent; its rows are looked up first.
@@ -25,17 +30,42 @@ def finish(batch: Batch) -> int:
         finished = cur.fetchone()
         if finished is None:
             raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
-        return int(finished[0])
+        entry = chain.append(cur, pending) if pending is not None else None
+    # Only once committed: an entry rolled back must never reach ClickHouse's copy.
+    if entry is not None and appended is not None:
+        appended.append(entry)
+    return int(finished[0])
 
 
-def finish_checked(batch: Batch, delivery: Delivery, *, delay: float) -> tuple[int, int]:
+def finish_checked(
+    batch: Batch,
+    delivery: Delivery,
+    *,
+    delay: float,
+    appended: list[chain.Entry] | None = None,
+) -> tuple[int, int]:
     """The slow path: delete the rows ClickHouse holds, dead-letter those it refuses.
 
     Rows in neither stay sealed and the batch waits ``delay`` seconds for its next
-    attempt; a batch with no row left is deleted. Returns (deleted, dead-lettered).
+    attempt; a batch with no row left is deleted. Returns (deleted, dead-lettered);
+    the chain entries it appended are added to ``appended``.
     """
     delivered = sorted(delivery.delivered or ())
     rejected = sorted(delivery.rejected.items())
+    # The batch's rows are those still in the outbox (the holder copied them at its
+    # claim), so rows finished by an earlier attempt are not chained twice.
+    lines = batch.lines()
+    delivered_set, rejected_set = set(delivered), set(delivery.rejected)
+    entries = [
+        chain.pending_rows(
+            chain.DELIVERY, batch.id, [line for line in lines if event_id(line) in delivered_set]
+        ),
+        chain.pending_rows(
+            chain.DEAD_LETTER,
+            batch.id,
+            [line for line in lines if event_id(line) in rejected_set],
+        ),
+    ]
     error = delivery.error.summary[:2000] if delivery.error else ""
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(sql.FINISH_WITHOUT_FSYNC)
@@ -65,6 +95,9 @@ def finish_checked(batch: Batch, delivery: Delivery, *, delay: float) -> tuple[i
         cur.execute(sql.CLOSE_BATCH, batch.keys)
         if cur.fetchone() is None:
             cur.execute(sql.POSTPONE_BATCH, {**batch.holder, "delay": delay, "error": error})
+        chained = [chain.append(cur, pending) for pending in entries if pending is not None]
+    if appended is not None:  # committed
+        appended.extend(chained)
     return deleted, dead_lettered
 
 

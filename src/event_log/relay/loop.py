@@ -11,7 +11,7 @@ from clickhouse_connect.driver.client import Client
 from django.db import Error as DjangoDatabaseError
 from django.db import connection
 
-from event_log import clickhouse, schema
+from event_log import chain, clickhouse, schema
 from event_log.clickhouse import ClickHouseError
 from event_log.conf import EventLogSettings, event_log_settings
 from event_log.control import RelaysPausedError
@@ -31,6 +31,10 @@ logger = structlog.get_logger(__name__)
 DATABASE_ERRORS = (DjangoDatabaseError, psycopg.Error)
 
 Checkpoint = Callable[[str, "Batch"], None]
+
+# The ClickHouse copy of the batch chain gets one INSERT per this many entries and one at
+# the end of each run, rather than one more INSERT per batch.
+CHAIN_COPY_ENTRIES = 20
 
 # Embedded engine: return the allocator's freed memory at most this often while
 # draining, and at the end of every run (event_log.clickhouse.release_engine_memory).
@@ -75,6 +79,8 @@ class Relay:
         )
         # Whether to ask the engine to release memory (stops when it refuses).
         self._embedded_engine = self._embedded_engine_url
+        # Chain entries appended and not yet copied to ClickHouse (event_log.chain).
+        self._uncopied: list[chain.Entry] = []
 
     # -- the three steps -------------------------------------------------------
 
@@ -96,10 +102,27 @@ class Relay:
         return write(ch, self.config, batch, timeout=timeout)
 
     def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
-        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered)."""
+        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered).
+
+        The batch's chain entries are copied to ClickHouse every CHAIN_COPY_ENTRIES
+        entries and at the end of each run, in one INSERT (a copy that fails, or a
+        relay that dies first, is made good by the next verification, which writes
+        what the copy lacks).
+        """
         if delivery.delivered is None:
-            return finish(batch), 0
-        return finish_checked(batch, delivery, delay=delay)
+            outcome = finish(batch, appended=self._uncopied), 0
+        else:
+            outcome = finish_checked(batch, delivery, delay=delay, appended=self._uncopied)
+        if len(self._uncopied) >= CHAIN_COPY_ENTRIES:
+            self._copy_chain_entries()
+        return outcome
+
+    def _copy_chain_entries(self) -> None:
+        """Copy the chain entries this relay appended to ClickHouse, in one INSERT."""
+        entries, self._uncopied = self._uncopied, []
+        chain.copy_after_finish(
+            self.connect_clickhouse, entries, table=self.config.CLICKHOUSE_TABLE
+        )
 
     # -- the loop --------------------------------------------------------------
 
@@ -115,7 +138,9 @@ class Relay:
         with trace("event_log.relay", "relay run") as span:
             try:
                 report = self._run(time_budget=time_budget, max_batches=max_batches)
+                self._copy_chain_entries()
             except BaseException:
+                self._uncopied = []  # the next verification copies them
                 self._drop_client()
                 raise
             finally:

@@ -115,7 +115,9 @@ def _upgrade(ch: Client, *, database: str, table: str) -> LegacyUpgrade | None:
             f"it, then run `manage.py clickhouse_migrate` again to convert {source}."
         )
     if not staging_columns:
-        ddl.create_table(ch, database=database, table=staging)
+        # The copy gets the current columns (batch_id: nil, the rows predate the chain);
+        # the chain's own table is the real table's, not the copy's.
+        ddl.create_table(ch, database=database, table=staging, batches=ddl.chain_copy_table(table))
         ch.command(f"ALTER TABLE {target} MODIFY COMMENT '{STAGING_COMMENT}'")
     verify.verify_table(ch, database=database, table=staging)
     total = sum(stats[0] for stats in months.values())

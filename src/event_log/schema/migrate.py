@@ -87,7 +87,8 @@ def apply_migrations(
         version = path.stem
         if version in done and exists:
             continue
-        ch.command(ddl.render(path, database=database, table=table))
+        for statement in ddl.render(path, database=database, table=table):
+            ch.command(statement)
         if version in done:
             continue
         ch.command(

@@ -42,7 +42,7 @@ logger = structlog.get_logger(__name__)
 DEDUP_WINDOW_MIN = 10_000
 FSYNC_SETTINGS = ("fsync_after_insert", "fsync_part_directory")
 
-# What the relay inserts (sql.CLICKHOUSE_COLUMNS), and the types it can rely on.
+# What the relay inserts (sql.RELAY_COLUMNS), and the types it can rely on.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "event_id": ("UUID",),
     "event_type": ("LowCardinality(String)", "String"),
@@ -57,6 +57,8 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "subject_id": ("String",),
     "request_id": ("String",),
     "traceparent": ("String",),
+    # The batch each row travelled in (migration 0005_batch_chain).
+    "batch_id": ("UUID",),
 }
 # Column kinds an INSERT cannot write.
 _NOT_INSERTABLE = frozenset({"MATERIALIZED", "ALIAS", "EPHEMERAL"})
