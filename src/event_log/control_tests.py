@@ -7,6 +7,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -39,21 +40,56 @@ def test_paused_relays_claim_nothing_and_deliver_everything_once_resumed(ch):
     assert_exactly_once(ch, published)
 
 
-def test_a_relay_paused_between_two_batches_stops_before_the_next_claim(ch):
-    published = publish_pings(20)
+def test_a_relay_paused_mid_backlog_sends_only_the_batch_it_was_inserting(ch):
+    # Draining a backlog, the relay inserts the second batch while it finishes the
+    # first (relay.overlap): paused as the first finishes, it sends nothing after it.
+    published = publish_pings(30)
     config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
+    finished: list[object] = []
 
     def pause_after_the_first(step: str, batch: object) -> None:
         if step == "finished":
-            relays_pause(by="ops")
+            finished.append(batch)
+            if len(finished) == 1:
+                relays_pause(by="ops")
 
     report = Relay(config=config, checkpoint=pause_after_the_first).run()
 
-    assert report.batches == 1
-    assert len(ch.event_ids()) == 10
+    assert report.batches == 2
+    assert sorted(ch.event_ids()) == sorted(published[:20])
+    _assert_no_batch_is_held()
     relays_resume(by="ops")
     run_relay()
     assert_exactly_once(ch, published)
+
+
+def test_a_relay_paused_between_two_inserts_sends_nothing_more(ch):
+    # Paused after the second batch was sealed (by the relay's second connection,
+    # during the first one's insert) and before it is sent: it is not sent.
+    published = publish_pings(30)
+    config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
+    sealed: list[object] = []
+
+    def pause_before_the_second(step: str, batch: object) -> None:
+        if step == "sealed":
+            sealed.append(batch)
+            if len(sealed) == 2:
+                relays_pause(by="ops")
+
+    report = Relay(config=config, checkpoint=pause_before_the_second).run()
+
+    assert report.batches == 1
+    assert sorted(ch.event_ids()) == sorted(published[:10])
+    _assert_no_batch_is_held()
+    relays_resume(by="ops")
+    run_relay()
+    assert_exactly_once(ch, published)
+
+
+def _assert_no_batch_is_held() -> None:
+    """Batches a paused relay sealed are given back: taken at once after resume."""
+    held = OutboxBatch.objects.filter(lease_until__gt=timezone.now())
+    assert list(held.values_list("id", flat=True)) == []
 
 
 def test_a_paused_relay_logs_relay_paused_once_per_run(ch):

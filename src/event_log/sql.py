@@ -168,7 +168,8 @@ WHERE (event_type, event_date_time, event_id) IN ({keys})
 
 # Fencing: the relay that holds a batch is the one whose attempt number is the
 # batch's. Right before each INSERT it renews its lease; a relay that paused past
-# its lease finds another attempt number here and sends nothing.
+# its lease finds another attempt number here and sends nothing. The renewal also
+# reads the operators' pause flag (event_log.control): a paused relay sends nothing more.
 #
 # In a statement of its own (autocommit: %(own_transaction)s true) the renewal's commit
 # does not wait for the disk: every other relay sees it at once, and a renewal lost in
@@ -188,7 +189,9 @@ UPDATE event_log_batch
 SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM no_flush
 WHERE id = %(batch_id)s AND attempts = %(attempts)s
-RETURNING 1
+RETURNING coalesce(
+    (SELECT paused FROM event_log_relay_control WHERE id = %(control_id)s), false
+)
 """
 
 # Erasure (event_log.erasure), in the transaction that rewrites a subject's rows:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
-from event_log import sql
+from event_log import chain, sql
 from event_log.clickhouse import ClickHouseError
 
 _REQUEST_ID_FIELD = sql.CLICKHOUSE_COLUMNS.index("request_id")
@@ -73,6 +74,26 @@ class Delivery:
     rejected: dict[uuid.UUID, ClickHouseError] = field(default_factory=dict)
     left: int = 0
     error: ClickHouseError | None = None  # why rows are left, when they are
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """A batch ClickHouse took (as ``delivery`` says), not yet finished in PostgreSQL."""
+
+    batch: Batch
+    delivery: Delivery
+    delay: float  # before its next attempt, for rows it left
+    started: float  # perf_counter() when its insert began
+    log: Any  # its bound logger
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What finishing a batch did: rows deleted, rows dead-lettered, chain entries appended."""
+
+    deleted: int
+    dead_lettered: int
+    entries: list[chain.Entry]
 
 
 @dataclass(slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import psycopg
 import structlog
@@ -17,10 +18,11 @@ from event_log.conf import EventLogSettings, event_log_settings
 from event_log.control import RelaysPausedError
 from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
 from event_log.relay.backoff import backoff_delay
-from event_log.relay.batch import Batch, Delivery, RelayReport
+from event_log.relay.batch import Batch, Delivery, Finished, Inserted, RelayReport
 from event_log.relay.claim import claim
 from event_log.relay.fence import LeaseLostError
 from event_log.relay.finish import finish, finish_checked, release
+from event_log.relay.overlap import SecondConnection
 from event_log.relay.tracing import capture, step, trace
 from event_log.relay.write import write
 
@@ -81,6 +83,7 @@ class Relay:
         self._embedded_engine = self._embedded_engine_url
         # Chain entries appended and not yet copied to ClickHouse (event_log.chain).
         self._uncopied: list[chain.Entry] = []
+        self._db_failures = 0  # claims failed in a row (back-off)
 
     # -- the three steps -------------------------------------------------------
 
@@ -101,21 +104,20 @@ class Relay:
         schema.ensure_table_ready(ch, table=self.config.CLICKHOUSE_TABLE)
         return write(ch, self.config, batch, timeout=timeout)
 
-    def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> tuple[int, int]:
-        """Delete what was delivered, dead-letter what was refused: (deleted, dead-lettered).
+    def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> Finished:
+        """Delete what was delivered, dead-letter what was refused (PostgreSQL only).
 
-        The batch's chain entries are copied to ClickHouse every CHAIN_COPY_ENTRIES
-        entries and at the end of each run, in one INSERT (a copy that fails, or a
-        relay that dies first, is made good by the next verification, which writes
-        what the copy lacks).
+        The chain entries it appended come back with the counts: the loop copies them
+        to ClickHouse every CHAIN_COPY_ENTRIES entries and at the end of each run, in
+        one INSERT (a copy that fails, or a relay that dies first, is made good by the
+        next verification, which writes what the copy lacks).
         """
+        entries: list[chain.Entry] = []
         if delivery.delivered is None:
-            outcome = finish(batch, appended=self._uncopied), 0
+            deleted, dead_lettered = finish(batch, appended=entries), 0
         else:
-            outcome = finish_checked(batch, delivery, delay=delay, appended=self._uncopied)
-        if len(self._uncopied) >= CHAIN_COPY_ENTRIES:
-            self._copy_chain_entries()
-        return outcome
+            deleted, dead_lettered = finish_checked(batch, delivery, delay=delay, appended=entries)
+        return Finished(deleted=deleted, dead_lettered=dead_lettered, entries=entries)
 
     def _copy_chain_entries(self) -> None:
         """Copy the chain entries this relay appended to ClickHouse, in one INSERT."""
@@ -154,33 +156,105 @@ class Relay:
         budget = self.config.TIME_BUDGET if time_budget is None else time_budget
         deadline = time.monotonic() + budget
         report = RelayReport()
-        db_failures = 0
-        while time.monotonic() < deadline and (max_batches is None or report.batches < max_batches):
-            self._gather(deadline)
-            try:
-                with step("seal batch"):
-                    batch = self.claim()
-            except RelaysPausedError:  # operators' flag (event_log.control): claim nothing
-                logger.info("relay_paused")
-                break
-            except DATABASE_ERRORS as exc:
-                db_failures += 1
-                if not self._wait_after_database_error(exc, db_failures, deadline, report):
+        self._db_failures = 0
+        second = SecondConnection()  # relay.overlap: used only while batches are full
+        batch: Batch | None = None  # claimed, to be inserted next
+        inserted: Inserted | None = None  # inserted, to be finished
+        try:
+            while True:
+                if batch is None:
+                    previous, inserted = inserted, None
+                    batch, go_on = self._finish_then_claim(previous, deadline, max_batches, report)
+                    if batch is None:
+                        if go_on:
+                            continue
+                        break
+                # Overlap (relay.overlap): while this batch is inserted, the second
+                # connection finishes the one before and, the backlog going on, seals the next.
+                ahead = self._is_full(batch) and self._may_claim(
+                    deadline, max_batches, report, in_flight=1 + (inserted is not None)
+                )
+                previous, inserted = inserted, None
+                work = (
+                    second.submit(partial(self._finish_and_claim, previous, claim=ahead))
+                    if previous is not None or ahead
+                    else None
+                )
+                inserted, go_on = self._insert(batch, deadline, report)
+                batch = None
+                if work is not None:
+                    outcome, batch = work.result()
+                    if previous is not None and outcome is not None:
+                        go_on = self._finished(previous, outcome, deadline, report) and go_on
+                if not go_on:
                     break
-                continue
-            db_failures = 0
-            if batch is None:
-                report.drained = True
-                break
-            with step("deliver batch", op="event_log.batch") as span:
-                if span is not None:
-                    span.set_data("batch_id", str(batch.id))
-                    span.set_data("rows", batch.rows)
-                    span.set_data("attempt", batch.attempts)
-                if not self._deliver(batch, deadline, report):
-                    break
-            self._release_engine_memory()
+                self._release_engine_memory()
+        except BaseException:
+            second.close()  # waits for its work in hand; a batch it sealed keeps its lease
+            raise
+        # A run that stops early (its budget spent in a back-off) still finishes what
+        # ClickHouse has, and gives back at once a batch it sealed ahead.
+        try:
+            if inserted is not None:
+                self._finished(inserted, self._finish(inserted), deadline, report)
+            if batch is not None:
+                self._give_back(batch)
+        finally:
+            second.close()
         return report
+
+    def _finish_then_claim(
+        self,
+        previous: Inserted | None,
+        deadline: float,
+        max_batches: int | None,
+        report: RelayReport,
+    ) -> tuple[Batch | None, bool]:
+        """One step at a time: finish ``previous``, then claim as ``_claim_now`` does."""
+        if previous is not None and not self._finished(
+            previous, self._finish(previous), deadline, report
+        ):
+            return None, False
+        if not self._may_claim(deadline, max_batches, report, in_flight=0):
+            return None, False
+        return self._claim_now(deadline, report)
+
+    def _claim_now(self, deadline: float, report: RelayReport) -> tuple[Batch | None, bool]:
+        """Step 1 in the relay's own thread: (the batch or None, whether to go on).
+
+        None and go on: the database failed and the back-off was waited out. None and
+        stop: the outbox is empty (the report says drained), relays are paused, or the
+        budget is spent.
+        """
+        self._gather(deadline)
+        try:
+            with step("seal batch"):
+                batch = self.claim()
+        except RelaysPausedError:  # operators' flag (event_log.control): claim nothing
+            logger.info("relay_paused")
+            return None, False
+        except DATABASE_ERRORS as exc:
+            self._db_failures += 1
+            return None, self._wait_after_database_error(exc, self._db_failures, deadline, report)
+        self._db_failures = 0
+        if batch is None:
+            report.drained = True
+        return batch, batch is not None
+
+    def _may_claim(
+        self, deadline: float, max_batches: int | None, report: RelayReport, *, in_flight: int
+    ) -> bool:
+        """Whether the run may claim one more batch, ``in_flight`` being claimed already."""
+        return time.monotonic() < deadline and (
+            max_batches is None or report.batches + in_flight < max_batches
+        )
+
+    def _is_full(self, batch: Batch) -> bool:
+        """A batch cut short by the byte cap is a full one: the backlog is not a trickle."""
+        return (
+            batch.rows >= self.config.BATCH_SIZE
+            or len(batch.block) >= self.config.BATCH_MAX_BYTES // 2
+        )
 
     def _release_engine_memory(self, *, force: bool = False) -> None:
         """Embedded engine: release the memory it freed, at most once per interval."""
@@ -197,12 +271,15 @@ class Relay:
             self._embedded_engine = False
             logger.info("clickhouse_engine_memory_release_unavailable", error=str(exc))
 
-    def _deliver(self, batch: Batch, deadline: float, report: RelayReport) -> bool:
-        """One attempt at one batch, behind the relay's one error boundary.
+    def _insert(
+        self, batch: Batch, deadline: float, report: RelayReport
+    ) -> tuple[Inserted | None, bool]:
+        """Step 2 of one attempt at one batch, behind the relay's one error boundary.
 
         Whatever fails — ClickHouse, PostgreSQL, the driver, a bug — the batch stays
         sealed and is postponed with back-off, and the loop goes on: no exception
-        escapes a run. Returns False when the run should stop (its budget is spent).
+        escapes a run. Returns what ClickHouse took (None after a failure) and False
+        when the run should stop (its budget is spent).
         """
         log = logger.bind(batch_id=str(batch.id), rows=batch.rows, attempt=batch.attempts)
         if first_request_id := batch.first_request_id:
@@ -210,51 +287,110 @@ class Relay:
             # this is the one whose event the batch starts with (docs/operations.md).
             log = log.bind(first_request_id=first_request_id)
         started = time.perf_counter()
-        self.checkpoint("sealed", batch)
-        try:
-            with step("insert batch", op="db.clickhouse"):
-                delivery = self.write(batch)
-        except Exception as exc:
-            return self._fail(batch, exc, deadline, report, log)
+        with step("deliver batch", op="event_log.batch") as span:
+            if span is not None:
+                span.set_data("batch_id", str(batch.id))
+                span.set_data("rows", batch.rows)
+                span.set_data("attempt", batch.attempts)
+            self.checkpoint("sealed", batch)
+            try:
+                with step("insert batch", op="db.clickhouse"):
+                    delivery = self.write(batch)
+            except RelaysPausedError:  # read by the lease renewal before the INSERT
+                logger.info("relay_paused")
+                self._give_back(batch)
+                return None, False
+            except Exception as exc:
+                return None, self._fail(batch, exc, deadline, report, log)
         self.checkpoint("inserted", batch)
+        delay = self._delay(batch, delivery.error) if delivery.left else 0.0
+        return Inserted(batch, delivery, delay, started, log), True
+
+    def _finish(self, inserted: Inserted) -> Finished | Exception:
+        """Step 3, in PostgreSQL only (so in either thread): the outcome, or what failed.
+
+        A database error closes this thread's connection; the next statement reconnects.
+        """
         try:
-            delay = self._delay(batch, delivery.error) if delivery.left else 0.0
             with step("delete batch"):
-                deleted, dead_lettered = self.finish(batch, delivery, delay=delay)
+                return self.finish(inserted.batch, inserted.delivery, delay=inserted.delay)
         except Exception as exc:
-            return self._fail(batch, exc, deadline, report, log)
+            if isinstance(exc, DATABASE_ERRORS):
+                connection.close()
+            return exc
+
+    def _finish_and_claim(
+        self, previous: Inserted | None, *, claim: bool
+    ) -> tuple[Finished | Exception | None, Batch | None]:
+        """The second connection's share of one overlapped step: finish ``previous``, then
+        seal the next batch if ``claim``. A claim that cannot be made here (relays paused,
+        the database failing) is left to the relay's own claim, which reports it."""
+        outcome = self._finish(previous) if previous is not None else None
+        if not claim or isinstance(outcome, DATABASE_ERRORS):
+            return outcome, None
+        try:
+            with step("seal batch"):
+                return outcome, self.claim()
+        except RelaysPausedError:
+            return outcome, None
+        except DATABASE_ERRORS:
+            connection.close()
+            return outcome, None
+
+    def _finished(
+        self,
+        inserted: Inserted,
+        outcome: Finished | Exception,
+        deadline: float,
+        report: RelayReport,
+    ) -> bool:
+        """Account for a finished batch (or hand its failure to the error boundary)."""
+        batch, delivery, log = inserted.batch, inserted.delivery, inserted.log
+        if isinstance(outcome, Exception):
+            return self._fail(batch, outcome, deadline, report, log)
+        self._uncopied.extend(outcome.entries)
+        if len(self._uncopied) >= CHAIN_COPY_ENTRIES:
+            self._copy_chain_entries()
         self.checkpoint("finished", batch)
-        # A batch cut short by the byte cap is a full one: the backlog is not a trickle.
-        partial = (
-            batch.rows < self.config.BATCH_SIZE
-            and len(batch.block) < self.config.BATCH_MAX_BYTES // 2
-        )
-        self._partial_sent_at = time.monotonic() if partial else None
-        duration = time.perf_counter() - started
+        self._partial_sent_at = None if self._is_full(batch) else time.monotonic()
+        duration = time.perf_counter() - inserted.started
         BATCH_DURATION.observe(duration)
         report.batches += 1
-        report.delivered += deleted
-        report.dead_lettered += dead_lettered
+        report.delivered += outcome.deleted
+        report.dead_lettered += outcome.dead_lettered
         if delivery.rejected:
             first_error = next(iter(delivery.rejected.values()))
             log.error(
                 "outbox_events_dead_lettered",
-                dead_lettered=dead_lettered,
+                dead_lettered=outcome.dead_lettered,
                 error=first_error.summary,
                 error_code=first_error.code,
             )
-            capture(first_error, batch, dead_lettered=dead_lettered)
+            capture(first_error, batch, dead_lettered=outcome.dead_lettered)
         if delivery.left:
             report.failures += 1
             report.errors.append(describe(delivery.error))
             log.warning(
                 "outbox_batch_partly_delivered",
-                delivered=deleted,
+                delivered=outcome.deleted,
                 left=delivery.left,
                 error=describe(delivery.error),
             )
-        log.info("outbox_batch_delivered", delivered=deleted, duration_ms=round(duration * 1000, 3))
+        log.info(
+            "outbox_batch_delivered",
+            delivered=outcome.deleted,
+            duration_ms=round(duration * 1000, 3),
+        )
         return True
+
+    def _give_back(self, batch: Batch) -> None:
+        """Release a batch this run will not send (sealed ahead, or held when relays
+        were paused): any relay may take it now, or once relays resume (its next
+        attempt looks its rows up first, ADR 0009)."""
+        try:
+            release(batch, delay=0.0, error="")
+        except DATABASE_ERRORS:
+            connection.close()  # its lease then runs out by itself; nothing is lost
 
     def _fail(
         self,
