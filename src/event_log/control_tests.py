@@ -41,22 +41,22 @@ def test_paused_relays_claim_nothing_and_deliver_everything_once_resumed(ch):
 
 
 def test_a_relay_paused_mid_backlog_sends_only_the_batch_it_was_inserting(ch):
-    # Draining a backlog, the relay inserts the second batch while it finishes the
-    # first (relay.overlap): paused as the first finishes, it sends nothing after it.
-    published = publish_pings(30)
+    # Draining a backlog, the relay inserts the third batch while it finishes the
+    # second (relay.overlap): paused as the second finishes, it sends nothing after it.
+    published = publish_pings(40)
     config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
     finished: list[object] = []
 
-    def pause_after_the_first(step: str, batch: object) -> None:
+    def pause_after_the_second(step: str, batch: object) -> None:
         if step == "finished":
             finished.append(batch)
-            if len(finished) == 1:
+            if len(finished) == 2:
                 relays_pause(by="ops")
 
-    report = Relay(config=config, checkpoint=pause_after_the_first).run()
+    report = Relay(config=config, checkpoint=pause_after_the_second).run()
 
-    assert report.batches == 2
-    assert sorted(ch.event_ids()) == sorted(published[:20])
+    assert report.batches == 3
+    assert sorted(ch.event_ids()) == sorted(published[:30])
     _assert_no_batch_is_held()
     relays_resume(by="ops")
     run_relay()
@@ -64,22 +64,22 @@ def test_a_relay_paused_mid_backlog_sends_only_the_batch_it_was_inserting(ch):
 
 
 def test_a_relay_paused_between_two_inserts_sends_nothing_more(ch):
-    # Paused after the second batch was sealed (by the relay's second connection,
-    # during the first one's insert) and before it is sent: it is not sent.
-    published = publish_pings(30)
+    # Paused after the third batch was sealed (by the relay's second connection,
+    # during the second one's insert) and before it is sent: it is not sent.
+    published = publish_pings(40)
     config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
     sealed: list[object] = []
 
-    def pause_before_the_second(step: str, batch: object) -> None:
+    def pause_before_the_third(step: str, batch: object) -> None:
         if step == "sealed":
             sealed.append(batch)
-            if len(sealed) == 2:
+            if len(sealed) == 3:
                 relays_pause(by="ops")
 
-    report = Relay(config=config, checkpoint=pause_before_the_second).run()
+    report = Relay(config=config, checkpoint=pause_before_the_third).run()
 
-    assert report.batches == 1
-    assert sorted(ch.event_ids()) == sorted(published[:10])
+    assert report.batches == 2
+    assert sorted(ch.event_ids()) == sorted(published[:20])
     _assert_no_batch_is_held()
     relays_resume(by="ops")
     run_relay()

@@ -160,6 +160,7 @@ class Relay:
         second = SecondConnection()  # relay.overlap: used only while batches are full
         batch: Batch | None = None  # claimed, to be inserted next
         inserted: Inserted | None = None  # inserted, to be finished
+        going_in = False  # whether this run's last insert took the whole batch
         try:
             while True:
                 if batch is None:
@@ -171,7 +172,9 @@ class Relay:
                         break
                 # Overlap (relay.overlap): while this batch is inserted, the second
                 # connection finishes the one before and, the backlog going on, seals the next.
-                ahead = self._is_full(batch) and self._may_claim(
+                # Only behind an insert that went in: with ClickHouse failing, a relay
+                # seals no batch beyond the one it retries.
+                ahead = going_in and self._is_full(batch) and self._may_claim(
                     deadline, max_batches, report, in_flight=1 + (inserted is not None)
                 )
                 previous, inserted = inserted, None
@@ -181,6 +184,7 @@ class Relay:
                     else None
                 )
                 inserted, go_on = self._insert(batch, deadline, report)
+                going_in = inserted is not None and not inserted.delivery.left
                 batch = None
                 if work is not None:
                     outcome, batch = work.result()
