@@ -174,8 +174,12 @@ class Relay:
                 # connection finishes the one before and, the backlog going on, seals the next.
                 # Only behind an insert that went in: with ClickHouse failing, a relay
                 # seals no batch beyond the one it retries.
-                ahead = going_in and self._is_full(batch) and self._may_claim(
-                    deadline, max_batches, report, in_flight=1 + (inserted is not None)
+                ahead = (
+                    going_in
+                    and self._is_full(batch)
+                    and self._may_claim(
+                        deadline, max_batches, report, in_flight=1 + (inserted is not None)
+                    )
                 )
                 previous, inserted = inserted, None
                 work = (
