@@ -1,0 +1,178 @@
+"""Overlap (event_log.relay.overlap): while one batch is inserted, a second connection
+finishes the batch before and seals the next. Its failures and early ends lose,
+duplicate and strand nothing."""
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from django.db import OperationalError, connection
+from django.utils import timezone
+
+from conftest import assert_exactly_once, fast_config, publish_pings
+from event_log.clickhouse import ClickHouseError
+from event_log.conf import event_log_settings
+from event_log.models import OutboxBatch, OutboxEvent
+from event_log.relay import Relay, loop, run_relay, tracing
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECOND = "relay-pg"  # the second connection's thread (relay.overlap)
+
+
+def _in_second_thread() -> bool:
+    return threading.current_thread().name.startswith(SECOND)
+
+
+def _backends() -> set[int]:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        return {row[0] for row in cur.fetchall()}
+
+
+def test_a_backlog_is_finished_and_sealed_on_the_second_connection_while_batches_go_in(ch):
+    published = publish_pings(6_000)
+    threads: dict[str, set[str]] = defaultdict(set)
+
+    def observe(step: str, seconds: float) -> None:
+        threads[step].add(threading.current_thread().name.split("_")[0])
+
+    before = _backends()
+    tracing.step_observers.append(observe)
+    try:
+        report = Relay(config=fast_config(BATCH_SIZE=500)).run()
+    finally:
+        tracing.step_observers.remove(observe)
+
+    assert report.drained and report.batches == 12 and report.failures == 0
+    assert_exactly_once(ch, published)
+    assert any(name.startswith(SECOND) for name in threads["seal batch"])
+    assert any(name.startswith(SECOND) for name in threads["delete batch"])
+    assert not any(name.startswith(SECOND) for name in threads["insert batch"])
+    assert not [t for t in threading.enumerate() if t.name.startswith(SECOND)], "thread ended"
+    assert _backends() <= before, "the second connection is closed at the end of the run"
+
+
+def test_a_trickle_is_relayed_one_step_at_a_time_on_one_connection(ch):
+    published = publish_pings(300)
+    threads: set[str] = set()
+    tracing.step_observers.append(
+        lambda step, seconds: threads.add(threading.current_thread().name)
+    )
+    try:
+        report = Relay(config=fast_config(BATCH_SIZE=1_000)).run()
+    finally:
+        tracing.step_observers.pop()
+
+    assert report.batches == 1
+    assert_exactly_once(ch, published)
+    assert threads == {threading.current_thread().name}
+
+
+def test_a_finish_failing_on_the_second_connection_is_retried_and_nothing_is_lost(ch, monkeypatch):
+    published = publish_pings(5_000)
+    real_finish = loop.finish
+    failed: list[object] = []
+
+    def finish_failing_once(batch, **kwargs):
+        if _in_second_thread() and not failed:
+            failed.append(batch.id)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_finish(batch, **kwargs)
+
+    monkeypatch.setattr(loop, "finish", finish_failing_once)
+    report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
+
+    assert failed, "a finish on the second connection failed"
+    assert report.failures == 1 and report.drained
+    assert OutboxEvent.objects.count() == 0 and OutboxBatch.objects.count() == 0
+    assert_exactly_once(ch, published)
+
+
+def test_a_claim_failing_on_the_second_connection_falls_back_to_the_relay_s_own(ch, monkeypatch):
+    published = publish_pings(5_000)
+    real_claim = loop.claim
+    failed: list[bool] = []
+
+    def claim_failing_on_the_second_connection(config):
+        if _in_second_thread() and len(failed) < 3:
+            failed.append(True)
+            raise OperationalError("could not connect to server")
+        return real_claim(config)
+
+    monkeypatch.setattr(loop, "claim", claim_failing_on_the_second_connection)
+    report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
+
+    assert len(failed) == 3
+    assert report.drained and report.batches == 10
+    assert OutboxEvent.objects.count() == 0 and OutboxBatch.objects.count() == 0
+    assert_exactly_once(ch, published)
+
+
+def test_a_run_cut_short_gives_back_the_batch_it_sealed_ahead_at_once(ch, monkeypatch):
+    published = publish_pings(5_000)
+    real_write = Relay.write
+    writes: list[object] = []
+
+    def second_insert_fails(self, batch):
+        writes.append(batch.id)
+        if len(writes) == 2:
+            raise ClickHouseError("Code: 210. Connection refused", code=210)
+        return real_write(self, batch)
+
+    monkeypatch.setattr(Relay, "write", second_insert_fails)
+    # The back-off after the failure outlasts the budget: the run ends there.
+    config = event_log_settings(BATCH_SIZE=500, BACKOFF_INITIAL=30, BACKOFF_MAX=30)
+    report = Relay(config=config).run(time_budget=5)
+
+    assert report.batches == 1 and report.failures == 1
+    failed_batch, ahead = writes[1], _third_batch_sealed()
+    now = timezone.now()
+    leases = dict(OutboxBatch.objects.values_list("id", "lease_until"))
+    assert leases.keys() == {failed_batch, ahead}
+    assert leases[failed_batch] > now, "the failed batch waits out its back-off"
+    assert leases[ahead] <= now, "the batch sealed ahead is free for any relay at once"
+
+    monkeypatch.setattr(Relay, "write", real_write)
+    taken = run_relay(max_batches=1)
+    assert taken.batches == 1
+    assert not OutboxBatch.objects.filter(id=ahead).exists(), "taken without waiting"
+
+    OutboxBatch.objects.update(lease_until=timezone.now())
+    run_relay()
+    assert_exactly_once(ch, published)
+
+
+def _third_batch_sealed() -> object:
+    """The batch sealed during the second one's insert: the one with the highest ids."""
+    return OutboxBatch.objects.order_by("-first_id").values_list("id", flat=True)[0]
+
+
+def test_a_relay_killed_with_two_batches_in_hand_leaves_both_to_the_next(ch, monkeypatch):
+    published = publish_pings(5_000)
+
+    class Killed(BaseException):
+        pass
+
+    inserted: list[object] = []
+
+    def die_after_the_third_insert(step: str, batch: object) -> None:
+        if step == "inserted":
+            inserted.append(batch)
+            if len(inserted) == 3:
+                time.sleep(0.2)  # the second connection has sealed the fourth by now
+                raise Killed
+
+    with pytest.raises(Killed):
+        Relay(config=fast_config(BATCH_SIZE=500), checkpoint=die_after_the_third_insert).run()
+
+    # Inserted and not finished, and sealed ahead: both held until their leases end.
+    assert OutboxBatch.objects.count() == 2
+    OutboxBatch.objects.update(lease_until=timezone.now())
+    report = run_relay()
+    assert report.drained
+    assert_exactly_once(ch, published)
