@@ -40,46 +40,32 @@ def test_paused_relays_claim_nothing_and_deliver_everything_once_resumed(ch):
     assert_exactly_once(ch, published)
 
 
-def test_a_relay_paused_mid_backlog_sends_only_the_batch_it_was_inserting(ch):
-    # Draining a backlog, the relay inserts the third batch while it finishes the
-    # second (relay.overlap): paused as the second finishes, it sends nothing after it.
+@pytest.mark.parametrize(
+    ("step", "nth", "delivered"),
+    [
+        # Draining a backlog, the relay inserts the third batch while it finishes the
+        # second (relay.overlap): paused as the second finishes, it sends nothing after.
+        pytest.param("finished", 2, 3, id="paused-while-a-batch-goes-in"),
+        # Paused after the third batch was sealed (by the relay's second connection,
+        # during the second one's insert) and before it is sent: it is not sent.
+        pytest.param("sealed", 3, 2, id="paused-between-two-inserts"),
+    ],
+)
+def test_a_relay_paused_mid_backlog_sends_no_insert_after_the_flag(ch, step, nth, delivered):
     published = publish_pings(40)
     config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
-    finished: list[object] = []
+    seen: list[object] = []
 
-    def pause_after_the_second(step: str, batch: object) -> None:
-        if step == "finished":
-            finished.append(batch)
-            if len(finished) == 2:
+    def pause_at_the_nth(reached: str, batch: object) -> None:
+        if reached == step:
+            seen.append(batch)
+            if len(seen) == nth:
                 relays_pause(by="ops")
 
-    report = Relay(config=config, checkpoint=pause_after_the_second).run()
+    report = Relay(config=config, checkpoint=pause_at_the_nth).run()
 
-    assert report.batches == 3
-    assert sorted(ch.event_ids()) == sorted(published[:30])
-    _assert_no_batch_is_held()
-    relays_resume(by="ops")
-    run_relay()
-    assert_exactly_once(ch, published)
-
-
-def test_a_relay_paused_between_two_inserts_sends_nothing_more(ch):
-    # Paused after the third batch was sealed (by the relay's second connection,
-    # during the second one's insert) and before it is sent: it is not sent.
-    published = publish_pings(40)
-    config = event_log_settings(BATCH_SIZE=10, MIN_INSERT_INTERVAL=0)
-    sealed: list[object] = []
-
-    def pause_before_the_third(step: str, batch: object) -> None:
-        if step == "sealed":
-            sealed.append(batch)
-            if len(sealed) == 3:
-                relays_pause(by="ops")
-
-    report = Relay(config=config, checkpoint=pause_before_the_third).run()
-
-    assert report.batches == 2
-    assert sorted(ch.event_ids()) == sorted(published[:20])
+    assert report.batches == delivered
+    assert sorted(ch.event_ids()) == sorted(published[: delivered * 10])
     _assert_no_batch_is_held()
     relays_resume(by="ops")
     run_relay()
