@@ -66,12 +66,14 @@ RELAY_STEPS = {
     "copy rows": (),
     "insert batch": ("renew lease",),
     "renew lease": (),
+    "digest rows": (),  # the chain's row digests, in the relay's thread after the insert
     "delete batch": (),
 }
 STEP_LABELS = {
     "seal batch": "seal",
     "copy rows": "copy",
     "renew lease": "lease renewal",
+    "digest rows": "row digests",
     "insert batch": "insert",
     "delete batch": "finish",
 }

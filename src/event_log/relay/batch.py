@@ -85,6 +85,7 @@ class Inserted:
     delay: float  # before its next attempt, for rows it left
     started: float  # perf_counter() when its insert began
     log: Any  # its bound logger
+    entry: chain.PendingEntry | None = None  # its chain entry, on the fast path
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,20 @@ from event_log.relay.batch import Batch, Delivery, event_id
 from event_log.relay.fence import LeaseLostError
 
 
-def finish(batch: Batch, *, appended: list[chain.Entry] | None = None) -> int:
+def finish(
+    batch: Batch,
+    *,
+    entry: chain.PendingEntry | None = None,
+    appended: list[chain.Entry] | None = None,
+) -> int:
     """The fast path: the whole batch was acknowledged; delete it. Returns rows deleted.
 
-    The chain entry it appended is added to ``appended``. Raises
-    :class:`LeaseLostError` (and changes nothing) when another relay holds the batch now.
+    ``entry`` is the batch's chain entry if the caller computed it already (the relay
+    does, in its own thread, while its second connection is busy). The chain entry it
+    appended is added to ``appended``. Raises :class:`LeaseLostError` (and changes
+    nothing) when another relay holds the batch now.
     """
-    pending = chain.pending_rows(chain.DELIVERY, batch.id, batch.lines())
+    pending = entry or chain.pending_rows(chain.DELIVERY, batch.id, batch.lines())
     with transaction.atomic(), connection.cursor() as cur:
         # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
         # the batch comes back sealed and is re-sent; its rows are looked up first.
@@ -30,10 +37,10 @@ def finish(batch: Batch, *, appended: list[chain.Entry] | None = None) -> int:
         finished = cur.fetchone()
         if finished is None:
             raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
-        entry = chain.append(cur, pending) if pending is not None else None
+        chained = chain.append(cur, pending) if pending is not None else None
     # Only once committed: an entry rolled back must never reach ClickHouse's copy.
-    if entry is not None and appended is not None:
-        appended.append(entry)
+    if chained is not None and appended is not None:
+        appended.append(chained)
     return int(finished[0])
 
 

@@ -104,17 +104,25 @@ class Relay:
         schema.ensure_table_ready(ch, table=self.config.CLICKHOUSE_TABLE)
         return write(ch, self.config, batch, timeout=timeout)
 
-    def finish(self, batch: Batch, delivery: Delivery, *, delay: float = 0.0) -> Finished:
+    def finish(
+        self,
+        batch: Batch,
+        delivery: Delivery,
+        *,
+        delay: float = 0.0,
+        entry: chain.PendingEntry | None = None,
+    ) -> Finished:
         """Delete what was delivered, dead-letter what was refused (PostgreSQL only).
 
         The chain entries it appended come back with the counts: the loop copies them
         to ClickHouse every CHAIN_COPY_ENTRIES entries and at the end of each run, in
         one INSERT (a copy that fails, or a relay that dies first, is made good by the
-        next verification, which writes what the copy lacks).
+        next verification, which writes what the copy lacks). ``entry`` is the fast
+        path's chain entry, when computed already.
         """
         entries: list[chain.Entry] = []
         if delivery.delivered is None:
-            deleted, dead_lettered = finish(batch, appended=entries), 0
+            deleted, dead_lettered = finish(batch, entry=entry, appended=entries), 0
         else:
             deleted, dead_lettered = finish_checked(batch, delivery, delay=delay, appended=entries)
         return Finished(deleted=deleted, dead_lettered=dead_lettered, entries=entries)
@@ -312,7 +320,13 @@ class Relay:
                 return None, self._fail(batch, exc, deadline, report, log)
         self.checkpoint("inserted", batch)
         delay = self._delay(batch, delivery.error) if delivery.left else 0.0
-        return Inserted(batch, delivery, delay, started, log), True
+        entry = None
+        if delivery.delivered is None:
+            # The fast path's row digests, here rather than in the finish: while a backlog
+            # drains, this thread has time to spare and the second connection has none.
+            with step("digest rows", op="function"):
+                entry = chain.pending_rows(chain.DELIVERY, batch.id, batch.lines())
+        return Inserted(batch, delivery, delay, started, log, entry), True
 
     def _finish(self, inserted: Inserted) -> Finished | Exception:
         """Step 3, in PostgreSQL only (so in either thread): the outcome, or what failed.
@@ -321,7 +335,9 @@ class Relay:
         """
         try:
             with step("delete batch"):
-                return self.finish(inserted.batch, inserted.delivery, delay=inserted.delay)
+                return self.finish(
+                    inserted.batch, inserted.delivery, delay=inserted.delay, entry=inserted.entry
+                )
         except Exception as exc:
             if isinstance(exc, DATABASE_ERRORS):
                 connection.close()
