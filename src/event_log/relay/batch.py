@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,14 @@ class Inserted:
     started: float  # perf_counter() when its insert began
     log: Any  # its bound logger
     entry: chain.PendingEntry | None = None  # its chain entry, on the fast path
+
+
+@dataclass(frozen=True, slots=True)
+class Finishing:
+    """A batch being finished on the relay's second connection (relay.overlap)."""
+
+    inserted: Inserted
+    outcome: Future[Finished | Exception]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from event_log.conf import EventLogSettings, event_log_settings
 from event_log.control import RelaysPausedError
 from event_log.metrics import BATCH_DURATION, BATCH_FAILURES, BATCHES_STUCK
 from event_log.relay.backoff import backoff_delay
-from event_log.relay.batch import Batch, Delivery, Finished, Inserted, RelayReport
+from event_log.relay.batch import Batch, Delivery, Finished, Finishing, Inserted, RelayReport
 from event_log.relay.claim import claim
 from event_log.relay.fence import LeaseLostError
 from event_log.relay.finish import finish, finish_checked, release
@@ -168,10 +168,16 @@ class Relay:
         second = SecondConnection()  # relay.overlap: used only while batches are full
         batch: Batch | None = None  # claimed, to be inserted next
         inserted: Inserted | None = None  # inserted, to be finished
+        finishing: Finishing | None = None  # being finished on the second connection
         going_in = False  # whether this run's last insert took the whole batch
         try:
             while True:
                 if batch is None:
+                    # One step at a time: what is being finished, then what was inserted.
+                    go_on = self._account(finishing, deadline, report)
+                    finishing = None
+                    if not go_on:
+                        break
                     previous, inserted = inserted, None
                     batch, go_on = self._finish_then_claim(previous, deadline, max_batches, report)
                     if batch is None:
@@ -179,29 +185,29 @@ class Relay:
                             continue
                         break
                 # Overlap (relay.overlap): while this batch is inserted, the second
-                # connection finishes the one before and, the backlog going on, seals the next.
-                # Only behind an insert that went in: with ClickHouse failing, a relay
-                # seals no batch beyond the one it retries.
+                # connection seals the next (the backlog going on) and then finishes the
+                # one before. Only behind an insert that went in: with ClickHouse
+                # failing, a relay seals no batch beyond the one it retries.
+                in_flight = 1 + (inserted is not None) + (finishing is not None)
                 ahead = (
                     going_in
                     and self._is_full(batch)
-                    and self._may_claim(
-                        deadline, max_batches, report, in_flight=1 + (inserted is not None)
-                    )
+                    and self._may_claim(deadline, max_batches, report, in_flight=in_flight)
                 )
-                previous, inserted = inserted, None
-                work = (
-                    second.submit(partial(self._finish_and_claim, previous, claim=ahead))
-                    if previous is not None or ahead
+                claimed = second.submit(self._claim_ahead) if ahead else None
+                submitted = (
+                    Finishing(inserted, second.submit(partial(self._finish, inserted)))
+                    if inserted is not None
                     else None
                 )
                 inserted, go_on = self._insert(batch, deadline, report)
                 going_in = inserted is not None and not inserted.delivery.left
-                batch = None
-                if work is not None:
-                    outcome, batch = work.result()
-                    if previous is not None and outcome is not None:
-                        go_on = self._finished(previous, outcome, deadline, report) and go_on
+                # The next batch as soon as it is sealed: the finish queued behind it
+                # goes on during the next insert. The one before, queued before the
+                # seal, is done by then.
+                batch = claimed.result() if claimed is not None else None
+                go_on = self._account(finishing, deadline, report) and go_on
+                finishing = submitted
                 if not go_on:
                     break
                 self._release_engine_memory()
@@ -211,6 +217,7 @@ class Relay:
         # A run that stops early (its budget spent in a back-off) still finishes what
         # ClickHouse has, and gives back at once a batch it sealed ahead.
         try:
+            self._account(finishing, deadline, report)
             if inserted is not None:
                 self._finished(inserted, self._finish(inserted), deadline, report)
             if batch is not None:
@@ -343,23 +350,24 @@ class Relay:
                 connection.close()
             return exc
 
-    def _finish_and_claim(
-        self, previous: Inserted | None, *, claim: bool
-    ) -> tuple[Finished | Exception | None, Batch | None]:
-        """The second connection's share of one overlapped step: finish ``previous``, then
-        seal the next batch if ``claim``. A claim that cannot be made here (relays paused,
-        the database failing) is left to the relay's own claim, which reports it."""
-        outcome = self._finish(previous) if previous is not None else None
-        if not claim or isinstance(outcome, DATABASE_ERRORS):
-            return outcome, None
+    def _claim_ahead(self) -> Batch | None:
+        """The second connection's claim, while a batch is inserted. A claim that cannot
+        be made here (relays paused, the database failing) is left to the relay's own
+        claim, which reports it."""
         try:
             with step("seal batch"):
-                return outcome, self.claim()
+                return self.claim()
         except RelaysPausedError:
-            return outcome, None
+            return None
         except DATABASE_ERRORS:
             connection.close()
-            return outcome, None
+            return None
+
+    def _account(self, finishing: Finishing | None, deadline: float, report: RelayReport) -> bool:
+        """Wait for a finish on the second connection and account for it (``_finished``)."""
+        if finishing is None:
+            return True
+        return self._finished(finishing.inserted, finishing.outcome.result(), deadline, report)
 
     def _finished(
         self,
