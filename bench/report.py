@@ -311,8 +311,8 @@ def render(results: dict[str, Any]) -> str:
                 step_rows,
                 {0, 2, 3},
             ),
-            "the relay's steps overlap (its second connection finishes the batch before and"
-            " seals the next while one is inserted), so they add up to more than its wall time",
+            "the relay's steps overlap (its second connection seals the next batch and finishes"
+            " the one before while one is inserted), so they add up to more than its wall time",
         ]
     if "latency" in results:
         lat = results["latency"]

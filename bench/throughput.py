@@ -199,7 +199,7 @@ def step_breakdown(kind: str, totals: dict[str, float], *, batches: int, busy: f
 
     ``busy`` is the drainers' time together (wall time times workers): the rest is what no
     step covers (the loop, logging), or nothing when steps overlap (the relay's second
-    connection finishes and seals while it inserts: its steps add up to more than ``busy``).
+    connection seals and finishes while it inserts: its steps add up to more than ``busy``).
     """
     if not batches:
         return {}
@@ -370,7 +370,7 @@ def _one_run(
         "inserts_per_10k": inserts / events * 10_000 if events else 0.0,
         "steps_ms": step_breakdown(kind, clock.totals(), batches=inserts, busy=seconds * workers),
         # Wall time per batch and drainer: less than the relay's steps summed, as its
-        # second connection finishes and seals while the relay inserts (relay.overlap).
+        # second connection seals and finishes while the relay inserts (relay.overlap).
         "wall_ms_per_batch": seconds * workers / inserts * 1000 if inserts else 0.0,
         "exactly_once": ok and left == 0 and events == len(published),
         "check": detail,

@@ -1,14 +1,15 @@
-"""Overlap: while one batch is inserted, finish the one before and seal the one after.
+"""Overlap: while one batch is inserted, seal the one after and finish the one before.
 
 Draining a backlog, a relay's PostgreSQL work for a batch (seal, copy, finish) and its
 ClickHouse INSERT take about as long as each other, and neither needs the other's
 core: the INSERT waits on a socket or runs inside the embedded engine, which releases
 the GIL. So while the relay's own thread inserts batch *n*, a second thread, with a
-PostgreSQL connection of its own, finishes batch *n - 1* and seals batch *n + 1*.
+PostgreSQL connection of its own, seals batch *n + 1* and then finishes batch *n - 1*
+(the finish goes on beside the next insert, which starts once its batch is sealed).
 
 Each batch still goes through the same steps in the same order, under its own lease
-and attempt number: two batches in flight in one relay are what two relays side by
-side already are. Only full batches are overlapped (a partial one means the backlog
+and attempt number: three batches in flight in one relay are what three relays side
+by side already are. Only full batches are overlapped (a partial one means the backlog
 is gone), so a trickle is relayed one step at a time, as before.
 """
 
