@@ -73,18 +73,26 @@ def test_a_trickle_is_relayed_one_step_at_a_time_on_one_connection(ch):
     assert threads == {threading.current_thread().name}
 
 
+def _fail_on_the_second_connection(monkeypatch, step: str, times: int) -> list[bool]:
+    """Make ``relay.loop.<step>`` raise a database error the first ``times`` times it is
+    called on the second connection; returns the list of failures made so far."""
+    real = getattr(loop, step)
+    failed: list[bool] = []
+
+    def failing(*args, **kwargs):
+        if _in_second_thread() and len(failed) < times:
+            failed.append(True)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, step, failing)
+    return failed
+
+
 def test_a_finish_failing_on_the_second_connection_is_retried_and_nothing_is_lost(ch, monkeypatch):
     published = publish_pings(5_000)
-    real_finish = loop.finish
-    failed: list[object] = []
+    failed = _fail_on_the_second_connection(monkeypatch, "finish", times=1)
 
-    def finish_failing_once(batch, **kwargs):
-        if _in_second_thread() and not failed:
-            failed.append(batch.id)
-            raise OperationalError("server closed the connection unexpectedly")
-        return real_finish(batch, **kwargs)
-
-    monkeypatch.setattr(loop, "finish", finish_failing_once)
     report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
 
     assert failed, "a finish on the second connection failed"
@@ -95,16 +103,8 @@ def test_a_finish_failing_on_the_second_connection_is_retried_and_nothing_is_los
 
 def test_a_claim_failing_on_the_second_connection_falls_back_to_the_relay_s_own(ch, monkeypatch):
     published = publish_pings(5_000)
-    real_claim = loop.claim
-    failed: list[bool] = []
+    failed = _fail_on_the_second_connection(monkeypatch, "claim", times=3)
 
-    def claim_failing_on_the_second_connection(config):
-        if _in_second_thread() and len(failed) < 3:
-            failed.append(True)
-            raise OperationalError("could not connect to server")
-        return real_claim(config)
-
-    monkeypatch.setattr(loop, "claim", claim_failing_on_the_second_connection)
     report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
 
     assert len(failed) == 3
