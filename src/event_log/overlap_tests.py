@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 
 import pytest
+import sentry_sdk
 from django.db import OperationalError, connection
 from django.utils import timezone
 
@@ -176,3 +177,29 @@ def test_a_relay_killed_with_two_batches_in_hand_leaves_both_to_the_next(ch, mon
     report = run_relay()
     assert report.drained
     assert_exactly_once(ch, published)
+
+
+def test_the_second_connection_s_steps_are_spans_of_the_relay_run(ch, sentry_capture):
+    published = publish_pings(3_000)
+
+    report = Relay(config=fast_config(BATCH_SIZE=500)).run()
+    sentry_sdk.flush()
+
+    assert report.batches == 6
+    assert_exactly_once(ch, published)
+    [trace] = sentry_capture.items("transaction")
+    assert trace["transaction"] == "relay run"
+    run_span = trace["contexts"]["trace"]["span_id"]
+    spans = trace["spans"]
+    names = [span["description"] for span in spans]
+    # The relay seals the first two batches itself (the first insert goes one step at
+    # a time), the second connection the other four and one claim that finds nothing,
+    # then the relay's last claim finds nothing: eight seals. Every seal and finish is
+    # in the run's trace, as a child of the run, whichever thread made it.
+    assert names.count("event_log seal batch") == 8
+    assert names.count("event_log delete batch") == 6
+    assert names.count("event_log insert batch") == 6
+    steps = [
+        s for s in spans if s["description"] in {"event_log seal batch", "event_log delete batch"}
+    ]
+    assert {span["parent_span_id"] for span in steps} == {run_span}
