@@ -212,6 +212,14 @@ def pending_rows(kind: str, batch_id: uuid.UUID, lines: Sequence[bytes]) -> Pend
     )
 
 
+def pending_pairs(kind: str, pairs: Iterable[tuple[uuid.UUID, bytes]]) -> PendingEntry:
+    """An entry of no batch (a replay, an erasure) for (event id, row digest) pairs."""
+    packed = pack(pairs)
+    return PendingEntry(
+        kind=kind, batch_id=None, rows=len(packed) // PAIR_BYTES, row_digests=packed
+    )
+
+
 def append(cur: Any, pending: PendingEntry) -> Entry:
     """Append ``pending`` in the caller's transaction; the head stays locked until it ends."""
     digest = entry_digest(pending.kind, pending.batch_id, pending.row_digests)

@@ -131,11 +131,8 @@ def dead_letters_replay(*, ids: Sequence[int] | None = None) -> int:
             # chained again when delivered, so no row digest here).
             chain.append(
                 cur,
-                chain.PendingEntry(
-                    kind=chain.REPLAY,
-                    batch_id=None,
-                    rows=len(rows),
-                    row_digests=chain.pack((event_id, chain.NO_DIGEST) for _, event_id in rows),
+                chain.pending_pairs(
+                    chain.REPLAY, ((event_id, chain.NO_DIGEST) for _, event_id in rows)
                 ),
             )
         relay_run_on_commit(connection.alias)

@@ -272,15 +272,7 @@ def _chain_erasure(rewritten: dict[uuid.UUID, bytes]) -> None:
     if not rewritten:
         return
     with connection.cursor() as cur:
-        chain.append(
-            cur,
-            chain.PendingEntry(
-                kind=chain.ERASURE,
-                batch_id=None,
-                rows=len(rewritten),
-                row_digests=chain.pack(rewritten.items()),
-            ),
-        )
+        chain.append(cur, chain.pending_pairs(chain.ERASURE, rewritten.items()))
 
 
 def event_log_erase(*, subject: str) -> ErasureReport:

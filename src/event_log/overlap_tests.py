@@ -5,6 +5,7 @@ duplicate and strand nothing."""
 import threading
 import time
 from collections import defaultdict
+from datetime import timedelta
 
 import pytest
 import sentry_sdk
@@ -16,6 +17,7 @@ from event_log.clickhouse import ClickHouseError
 from event_log.conf import event_log_settings
 from event_log.models import OutboxBatch, OutboxEvent
 from event_log.relay import Relay, loop, run_relay, tracing
+from event_log.relay.claim import claim
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,3 +205,35 @@ def test_the_second_connection_s_steps_are_spans_of_the_relay_run(ch, sentry_cap
         s for s in spans if s["description"] in {"event_log seal batch", "event_log delete batch"}
     ]
     assert {span["parent_span_id"] for span in steps} == {run_span}
+
+
+def test_a_batch_taken_over_before_its_finish_on_the_second_connection_is_left_alone(
+    ch, monkeypatch
+):
+    # A relay that stalls past its lease between the INSERT and the finish: another
+    # relay takes the batch over; the late finish on the second connection must delete,
+    # chain and count nothing, and the new holder delivers it once.
+    published = publish_pings(3_000)
+    real_finish = loop.finish
+    taken: list[object] = []
+
+    def taken_over_first(batch, **kwargs):
+        if _in_second_thread() and not taken:
+            OutboxBatch.objects.filter(id=batch.id).update(
+                lease_until=timezone.now() - timedelta(seconds=1)
+            )
+            taken.append(claim(fast_config()))  # the other relay, then it stalls
+        return real_finish(batch, **kwargs)
+
+    monkeypatch.setattr(loop, "finish", taken_over_first)
+    report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
+
+    [other] = taken
+    assert other is not None and other.attempts == 2
+    assert report.leases_lost == 1 and report.batches == 5
+    assert list(OutboxBatch.objects.values_list("id", "attempts")) == [(other.id, 2)]
+    assert OutboxEvent.objects.count() == 500, "its rows stay until their holder finishes"
+
+    OutboxBatch.objects.update(lease_until=timezone.now())
+    assert run_relay().delivered == 500
+    assert_exactly_once(ch, published)
