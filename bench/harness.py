@@ -376,6 +376,28 @@ def loadavg() -> list[float]:
     return []
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by this process (all its threads, the embedded engine's
+    included) and by PostgreSQL on this machine (its live processes, and through the
+    postmaster's reaped-children times, the backends that have exited since)."""
+    own = os.times()
+    return {"process": own.user + own.system, "postgres": _postgres_cpu_seconds()}
+
+
+def _postgres_cpu_seconds() -> float:
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name, rest = text.split("(", 1)[1].rsplit(")", 1)
+            if name != "postgres":
+                continue
+            fields = rest.split()
+            # utime, stime, cutime, cstime (fields 14-17 of proc_pid_stat(5))
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100), linear between closest ranks."""
     if not values:

@@ -292,11 +292,15 @@ def render(results: dict[str, Any]) -> str:
                 steps = c["steps_ms_per_batch"][kind]
                 total = sum(v["ms"] for v in steps.values())
                 wall = c.get("wall_ms_per_batch", {}).get(kind, total)
+                cpu = c.get("cpu_ms_per_batch", {}).get(kind, {})
+                cores = c.get("cpu_cores", {}).get(kind)
                 step_rows.append(
                     [
                         f"{c['batch_size']:,}",
                         label,
                         f"{wall:.2f}",
+                        " + ".join(f"{v:.1f}" for v in cpu.values()) or "-",
+                        f"{cores:.2f}" if cores is not None else "-",
                         f"{total:.2f}",
                         "  ".join(
                             f"{name} {v['ms']:.2f} ({v['share']:.0%})" for name, v in steps.items()
@@ -307,12 +311,21 @@ def render(results: dict[str, Any]) -> str:
             "",
             "2b. Where a batch's time goes, 1 relay (ms per batch, median of the rounds)",
             table(
-                ["batch", "relay", "wall ms/batch", "steps ms/batch", "steps: ms (share)"],
+                [
+                    "batch",
+                    "relay",
+                    "wall ms/batch",
+                    "CPU ms/batch (process + PostgreSQL)",
+                    "cores busy",
+                    "steps ms/batch",
+                    "steps: ms (share)",
+                ],
                 step_rows,
-                {0, 2, 3},
+                {0, 2, 3, 4, 5},
             ),
             "the relay's steps overlap (its second connection seals the next batch and finishes"
-            " the one before while one is inserted), so they add up to more than its wall time",
+            " the one before while one is inserted), so they add up to more than its wall time;"
+            " CPU: the drainer's process (embedded engine included) and all of PostgreSQL",
         ]
     if "latency" in results:
         lat = results["latency"]

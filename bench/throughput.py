@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from harness import (
     BenchEnv,
     ClickHouseProbe,
+    cpu_seconds,
     exactly_once,
     fill_backlog,
     outbox_depth,
@@ -317,11 +318,21 @@ def _compare(runs: list[dict[str, Any]], batch: int, workers: int) -> dict[str, 
             for name, ms in per_batch.items()
         }
     walls = {kind: median(r.get("wall_ms_per_batch", 0.0) for r in mine[kind]) for kind in KINDS}
+    cpu = {
+        kind: {
+            name: median(r["cpu_ms_per_batch"][name] for r in mine[kind])
+            for name in mine[kind][0].get("cpu_ms_per_batch", {})
+        }
+        for kind in KINDS
+    }
+    cores = {kind: median(r.get("cpu_cores", 0.0) for r in mine[kind]) for kind in KINDS}
     return {
         "batch_size": batch,
         "workers": workers,
         "rounds": len(rates["relay"]),
         "wall_ms_per_batch": walls,
+        "cpu_ms_per_batch": cpu,
+        "cpu_cores": cores,
         "relay_events_per_s": relay,
         "relay_range": [min(rates["relay"]), max(rates["relay"])],
         "hand_written_events_per_s": hand_written,
@@ -350,8 +361,10 @@ def _one_run(
         if kind == "relay"
         else partial(HandWrittenRelay, bench, probe.table, batch, clock)
     )
+    cpu_before = cpu_seconds()
     with observing_steps(clock) if kind == "relay" else contextlib.nullcontext():
         seconds, inserts, events = _drain_with(make, workers)
+    cpu = {name: used - cpu_before[name] for name, used in cpu_seconds().items()}
     left = outbox_depth()
     if kind == "relay":
         ok, detail = exactly_once(probe, published)
@@ -372,6 +385,12 @@ def _one_run(
         # Wall time per batch and drainer: less than the relay's steps summed, as its
         # second connection seals and finishes while the relay inserts (relay.overlap).
         "wall_ms_per_batch": seconds * workers / inserts * 1000 if inserts else 0.0,
+        # CPU time per batch: this process (drainers and embedded engine) and PostgreSQL.
+        # On a machine whose cores are all busy, this decides the rate, not the waits.
+        "cpu_ms_per_batch": {
+            name: used / inserts * 1000 if inserts else 0.0 for name, used in cpu.items()
+        },
+        "cpu_cores": sum(cpu.values()) / seconds if seconds else 0.0,
         "exactly_once": ok and left == 0 and events == len(published),
         "check": detail,
     }
