@@ -379,7 +379,8 @@ def loadavg() -> list[float]:
 def cpu_seconds() -> dict[str, float]:
     """CPU time used so far by this process (all its threads, the embedded engine's
     included) and by PostgreSQL on this machine (its live processes, and through the
-    postmaster's reaped-children times, the backends that have exited since)."""
+    postmaster's reaped-children times, the backends that have exited since: for a
+    moment after it exits, a backend is in neither, so wait a little after closing one)."""
     own = os.times()
     return {"process": own.user + own.system, "postgres": _postgres_cpu_seconds()}
 

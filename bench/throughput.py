@@ -60,6 +60,10 @@ COPY (
 ) TO STDOUT
 """
 
+# How long a closed PostgreSQL backend may take to be counted in the postmaster's
+# children's CPU time (seen: up to a few milliseconds; nothing else runs meanwhile).
+CPU_SETTLE_SECONDS = 0.3
+
 # The relay's steps (event_log.relay.tracing.step names), innermost first: each one's
 # own time is its duration minus the steps nested in it.
 RELAY_STEPS = {
@@ -364,6 +368,9 @@ def _one_run(
     cpu_before = cpu_seconds()
     with observing_steps(clock) if kind == "relay" else contextlib.nullcontext():
         seconds, inserts, events = _drain_with(make, workers)
+    # A backend that has just exited is in neither /proc nor its parent's times for a
+    # moment: the drainers closed theirs (harness.cpu_seconds).
+    time.sleep(CPU_SETTLE_SECONDS)
     cpu = {name: used - cpu_before[name] for name, used in cpu_seconds().items()}
     left = outbox_depth()
     if kind == "relay":
