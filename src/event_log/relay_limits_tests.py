@@ -283,6 +283,28 @@ def test_batches_are_capped_by_bytes_of_event_context_as_well_as_by_rows(ch, mon
     assert_exactly_once(ch, published)
 
 
+@pytest.mark.parametrize(
+    ("cap_over_total", "rows"),
+    [(1, 12), (0, 12), (-1, 11), ("first", 1), ("below first", 1)],
+)
+def test_the_seal_takes_rows_up_to_the_byte_cap_exactly(cap_over_total, rows):
+    """At, just under and far under the rows' total bytes: the seal's cap is exact
+    whether the rows fit at once or have to be counted one by one."""
+    publish_big(*["y" * (1_100 + 37 * i) for i in range(12)])
+    with connection.cursor() as cur:
+        cur.execute("SELECT octet_length(event_context) FROM event_log_outbox ORDER BY id")
+        sizes = [size for (size,) in cur.fetchall()]
+    cap = {"first": sizes[0], "below first": sizes[0] - 1}.get(cap_over_total)
+    if cap is None:
+        cap = sum(sizes) + cap_over_total
+
+    batch = claim_step.claim(fast_config(BATCH_SIZE=1_000, BATCH_MAX_BYTES=cap))
+
+    assert batch is not None and batch.rows == rows
+    assert OutboxEvent.objects.filter(batch_id=batch.id).count() == rows
+    assert OutboxEvent.objects.filter(batch_id__isnull=True).count() == 12 - rows
+
+
 def test_one_event_over_the_byte_cap_is_dead_lettered_with_a_clear_error_and_the_rest_delivered(
     ch, monkeypatch
 ):

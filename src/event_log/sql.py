@@ -130,12 +130,18 @@ WITH candidates AS (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), total AS (
+    SELECT sum(size) AS size FROM candidates
 ), picked AS (
+    -- All of them when they fit (the usual case), without the running sum: its sort
+    -- and window functions run only under the cap's one-time filter.
+    SELECT id FROM candidates WHERE (SELECT size FROM total) <= %(max_bytes)s
+    UNION ALL
     SELECT id FROM (
         SELECT id, sum(size) OVER (ORDER BY id) AS running, row_number() OVER (ORDER BY id) AS n
         FROM candidates
     ) AS sized
-    WHERE running <= %(max_bytes)s OR n = 1
+    WHERE (SELECT size FROM total) > %(max_bytes)s AND (running <= %(max_bytes)s OR n = 1)
 ), sealed AS (
     -- = ANY(ARRAY(...)) keeps this an index scan on the primary key; a join with
     -- "picked" was planned as a hash join over the whole table.
