@@ -143,6 +143,11 @@ def main() -> int:
         "--backlog", type=int, help="throughput: events per drain (default: that of the mode)"
     )
     parser.add_argument(
+        "--relays",
+        default="1,2",
+        help="throughput: comma-separated numbers of relays side by side (default 1,2)",
+    )
+    parser.add_argument(
         "--keep-data",
         action="store_true",
         help="keep this run's folder under bench/results/ (logs, embedded ClickHouse data)",
@@ -224,6 +229,7 @@ def main() -> int:
                     backlog=sizes.backlog,
                     batch_sizes=sizes.batch_sizes,
                     repeats=sizes.repeats,
+                    worker_counts=tuple(int(n) for n in args.relays.split(",")),
                     progress=say,
                 )
             )
