@@ -37,27 +37,76 @@ def _backends() -> set[int]:
         return {row[0] for row in cur.fetchall()}
 
 
-def test_a_backlog_is_finished_and_sealed_on_the_second_connection_while_batches_go_in(ch):
-    published = publish_pings(6_000)
-    threads: dict[str, set[str]] = defaultdict(set)
+def _steps_by_thread(run) -> tuple[object, dict[str, list[bool]]]:
+    """Run ``run()`` and note, for each step, whether each time ran on the second connection."""
+    on_second: dict[str, list[bool]] = defaultdict(list)
 
     def observe(step: str, seconds: float) -> None:
-        threads[step].add(threading.current_thread().name.split("_")[0])
+        on_second[step].append(_in_second_thread())
 
-    before = _backends()
     tracing.step_observers.append(observe)
     try:
-        report = Relay(config=fast_config(BATCH_SIZE=500)).run()
+        return run(), on_second
     finally:
         tracing.step_observers.remove(observe)
 
+
+def _slower_on_the_second_connection(monkeypatch, step: str, seconds: float) -> None:
+    real = getattr(loop, step)
+
+    def slow(*args, **kwargs):
+        if _in_second_thread():
+            time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, step, slow)
+
+
+def test_a_backlog_is_finished_and_sealed_on_the_second_connection_while_batches_go_in(ch):
+    published = publish_pings(6_000)
+
+    before = _backends()
+    report, on_second = _steps_by_thread(Relay(config=fast_config(BATCH_SIZE=500)).run)
+
     assert report.drained and report.batches == 12 and report.failures == 0
     assert_exactly_once(ch, published)
-    assert any(name.startswith(SECOND) for name in threads["seal batch"])
-    assert any(name.startswith(SECOND) for name in threads["delete batch"])
-    assert not any(name.startswith(SECOND) for name in threads["insert batch"])
+    assert any(on_second["seal batch"])
+    assert not any(on_second["insert batch"])
     assert not [t for t in threading.enumerate() if t.name.startswith(SECOND)], "thread ended"
     assert _backends() <= before, "the second connection is closed at the end of the run"
+
+
+def test_a_finish_goes_to_the_second_connection_when_the_next_batch_is_sealed_in_time(
+    ch, monkeypatch
+):
+    published = publish_pings(3_000)
+    real_write = Relay.write
+
+    def slow_insert(self, batch):  # every seal is done long before its insert ends
+        time.sleep(0.5)
+        return real_write(self, batch)
+
+    monkeypatch.setattr(Relay, "write", slow_insert)
+    report, on_second = _steps_by_thread(Relay(config=fast_config(BATCH_SIZE=500)).run)
+
+    assert report.drained and report.batches == 6 and report.failures == 0
+    assert_exactly_once(ch, published)
+    # The first batch of the run, and the one after it, are finished one step at a time.
+    assert sum(on_second["delete batch"]) >= 3
+    assert sum(on_second["seal batch"]) >= 4
+
+
+def test_the_relay_finishes_what_it_inserted_itself_while_the_next_seal_is_slower(ch, monkeypatch):
+    published = publish_pings(3_000)
+    _slower_on_the_second_connection(monkeypatch, "claim", seconds=0.5)
+
+    report, on_second = _steps_by_thread(Relay(config=fast_config(BATCH_SIZE=500)).run)
+
+    assert report.drained and report.batches == 6 and report.failures == 0
+    assert_exactly_once(ch, published)
+    assert not any(on_second["delete batch"]), "every finish in the relay's own thread"
+    assert sum(on_second["seal batch"]) >= 4, "the seals ahead on the second connection"
+    assert OutboxBatch.objects.count() == 0
 
 
 def test_a_trickle_is_relayed_one_step_at_a_time_on_one_connection(ch):

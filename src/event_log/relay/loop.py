@@ -202,6 +202,13 @@ class Relay:
                 )
                 inserted, go_on = self._insert(batch, deadline, report)
                 going_in = inserted is not None and not inserted.delivery.left
+                if go_on and inserted is not None and claimed is not None and not claimed.done():
+                    # The next batch is still being sealed: rather than wait for it, this
+                    # thread finishes the batch it inserted (on its own connection), and
+                    # the second connection is left the seal. Whichever of the two is
+                    # busier, the finish goes to the other.
+                    go_on = self._finished(inserted, self._finish(inserted), deadline, report)
+                    inserted = None
                 # The next batch as soon as it is sealed: the finish queued behind it
                 # goes on during the next insert. The one before, queued before the
                 # seal, is done by then.
