@@ -399,6 +399,20 @@ def _postgres_cpu_seconds() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (ext4, tmpfs, ...), from /proc/mounts."""
+    path = path.resolve()
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            _, mount_point, fstype, *_ = line.split()
+            if (path == Path(mount_point) or Path(mount_point) in path.parents) and len(
+                mount_point
+            ) > len(best):
+                best, kind = mount_point, fstype
+    return kind
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100), linear between closest ranks."""
     if not values:

@@ -148,6 +148,12 @@ def main() -> int:
         help="throughput: comma-separated numbers of relays side by side (default 1,2)",
     )
     parser.add_argument(
+        "--clickhouse-under",
+        type=Path,
+        help="make the embedded engine's data folder under this folder (say /dev/shm, a "
+        "tmpfs) rather than in this run's folder",
+    )
+    parser.add_argument(
         "--keep-data",
         action="store_true",
         help="keep this run's folder under bench/results/ (logs, embedded ClickHouse data)",
@@ -176,7 +182,11 @@ def main() -> int:
     # A folder of this run's own (logs, Beat schedule, the embedded ClickHouse data),
     # so that two runs at once never share an engine.
     workdir = harness.RESULTS / f"work-{stamp}-{os.getpid()}"
-    clickhouse_dir = workdir / "clickhouse"
+    clickhouse_dir = (
+        args.clickhouse_under / f"die-hard-bench-{stamp}-{os.getpid()}"
+        if args.clickhouse_under
+        else workdir / "clickhouse"
+    )
     workdir.mkdir(parents=True)
 
     def say(text: str) -> None:
@@ -203,7 +213,11 @@ def main() -> int:
         "source": harness.source_revision(),
         "settings": {
             "default_batch_size": settings.EVENT_LOG["BATCH_SIZE"],
-            "clickhouse": "embedded (chdb)" if bench.clickhouse_dir else "server",
+            "clickhouse": (
+                f"embedded (chdb), data on {harness.filesystem_of(clickhouse_dir)}"
+                if bench.clickhouse_dir
+                else "server"
+            ),
             "debug": settings.DEBUG,
             "log_level": "INFO, JSON lines to files",
         },
