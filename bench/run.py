@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -149,14 +150,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--clickhouse-under",
-        type=Path,
-        help="make the embedded engine's data folder under this folder (say /dev/shm, a "
-        "tmpfs) rather than in this run's folder",
+        default="auto",
+        help="where the embedded engine's data folder goes: a folder, 'run' (this run's "
+        "folder, on disk) or 'auto' (default: /dev/shm when it is a tmpfs with room, else "
+        "'run'); docs/performance.md says why",
     )
     parser.add_argument(
         "--keep-data",
         action="store_true",
-        help="keep this run's folder under bench/results/ (logs, embedded ClickHouse data)",
+        help="keep this run's folder under bench/results/ (logs) and the embedded engine's data",
     )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -182,11 +184,16 @@ def main() -> int:
     # A folder of this run's own (logs, Beat schedule, the embedded ClickHouse data),
     # so that two runs at once never share an engine.
     workdir = harness.RESULTS / f"work-{stamp}-{os.getpid()}"
-    clickhouse_dir = (
-        args.clickhouse_under / f"die-hard-bench-{stamp}-{os.getpid()}"
-        if args.clickhouse_under
-        else workdir / "clickhouse"
+    under = (
+        harness.default_clickhouse_under()
+        if args.clickhouse_under == "auto"
+        else None
+        if args.clickhouse_under == "run"
+        else Path(args.clickhouse_under)
     )
+    # Outside the run's folder, a private folder of its own (removed at the end).
+    outside = Path(tempfile.mkdtemp(prefix="die-hard-bench-", dir=under)) if under else None
+    clickhouse_dir = (outside or workdir) / "clickhouse"
     workdir.mkdir(parents=True)
 
     def say(text: str) -> None:
@@ -319,6 +326,8 @@ def main() -> int:
         connections.close_all()
         if bench.clickhouse_dir is not None and not args.keep_data:
             shutil.rmtree(bench.clickhouse_dir, ignore_errors=True)
+            if outside is not None:
+                shutil.rmtree(outside, ignore_errors=True)
     if not args.keep_data:
         shutil.rmtree(workdir, ignore_errors=True)  # kept, with its logs, when a section failed
 
