@@ -62,6 +62,18 @@ def _slower_on_the_second_connection(monkeypatch, step: str, seconds: float) -> 
     monkeypatch.setattr(loop, step, slow)
 
 
+def _slow_inserts(monkeypatch, seconds: float = 0.5) -> None:
+    """Every INSERT outlasts the seal beside it, so each finish goes to the second
+    connection (the relay's thread finishes only while a seal is still going on)."""
+    real_write = Relay.write
+
+    def slow_insert(self, batch):
+        time.sleep(seconds)
+        return real_write(self, batch)
+
+    monkeypatch.setattr(Relay, "write", slow_insert)
+
+
 def test_a_backlog_is_finished_and_sealed_on_the_second_connection_while_batches_go_in(ch):
     published = publish_pings(6_000)
 
@@ -80,13 +92,7 @@ def test_a_finish_goes_to_the_second_connection_when_the_next_batch_is_sealed_in
     ch, monkeypatch
 ):
     published = publish_pings(3_000)
-    real_write = Relay.write
-
-    def slow_insert(self, batch):  # every seal is done long before its insert ends
-        time.sleep(0.5)
-        return real_write(self, batch)
-
-    monkeypatch.setattr(Relay, "write", slow_insert)
+    _slow_inserts(monkeypatch)
     report, on_second = _steps_by_thread(Relay(config=fast_config(BATCH_SIZE=500)).run)
 
     assert report.drained and report.batches == 6 and report.failures == 0
@@ -143,6 +149,7 @@ def _fail_on_the_second_connection(monkeypatch, step: str, times: int) -> list[b
 
 def test_a_finish_failing_on_the_second_connection_is_retried_and_nothing_is_lost(ch, monkeypatch):
     published = publish_pings(5_000)
+    _slow_inserts(monkeypatch, seconds=0.2)
     failed = _fail_on_the_second_connection(monkeypatch, "finish", times=1)
 
     report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
@@ -275,6 +282,7 @@ def test_a_batch_taken_over_before_its_finish_on_the_second_connection_is_left_a
         return real_finish(batch, **kwargs)
 
     monkeypatch.setattr(loop, "finish", taken_over_first)
+    _slow_inserts(monkeypatch, seconds=0.2)
     report = Relay(config=fast_config(BATCH_SIZE=500)).run(time_budget=60)
 
     [other] = taken
