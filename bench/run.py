@@ -191,6 +191,8 @@ def main() -> int:
         if args.clickhouse_under == "run"
         else Path(args.clickhouse_under)
     )
+    if under is not None and not (under.is_dir() and os.access(under, os.W_OK)):
+        parser.error(f"--clickhouse-under: {under} is not a folder this user can write to")
     # Outside the run's folder, a private folder of its own (removed at the end).
     outside = Path(tempfile.mkdtemp(prefix="die-hard-bench-", dir=under)) if under else None
     clickhouse_dir = (outside or workdir) / "clickhouse"
