@@ -119,7 +119,7 @@ bench: venv services ## benchmarks (not part of make test); results in bench/res
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 loadtest: venv services ## the deployed service under HTTP load and a ClickHouse outage (bench section 7)
-	$(BIN)/python bench/run.py --only load --database die_hard_loadtest
+	$(BIN)/python bench/run.py --only load --database die_hard_loadtest --clickhouse-under run
 
 docs-check: venv ## the README's make targets, variables and commands are real
 	$(BIN)/pytest -q -p no:cacheprovider src/core/docs_tests.py
