@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import median
 from typing import Any
 
 import envelope_lookup
@@ -47,12 +48,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             # The target is one relay against one hand-written relay. Two of each on two
             # cores are CPU-bound: there the ratio is that of the CPU time per event, and
             # the relay's guarantees (seal, chain digests) cost CPU (section 2, info).
+            # Scored on the median of the rounds' ratios: each pairs two runs made seconds
+            # apart, which a change of the machine's speed between rounds does not skew.
             if c["batch_size"] in RELAY_TARGET_BATCHES and c["workers"] == 1:
+                paired = median(c["ratios_by_round"])
                 add(
                     f"relay >= 90% of the hand-written relay, batch {c['batch_size']:,}, 1 relay",
-                    f"{c['ratio']:.1%} ({c['relay_events_per_s']:,.0f} vs "
+                    f"{paired:.1%} median of {len(c['ratios_by_round'])} paired rounds; "
+                    f"{c['ratio']:.1%} median over median ({c['relay_events_per_s']:,.0f} vs "
                     f"{c['hand_written_events_per_s']:,.0f} ev/s)",
-                    _status(c["ratio"] >= RELAY_VS_HAND_WRITTEN_MIN),
+                    _status(paired >= RELAY_VS_HAND_WRITTEN_MIN),
                 )
         relay_runs = [r for r in results["throughput"]["runs"] if r["kind"] == "relay"]
         bad = [r for r in relay_runs if not r["exactly_once"]]
