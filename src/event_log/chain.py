@@ -222,21 +222,29 @@ def pending_pairs(kind: str, pairs: Iterable[tuple[uuid.UUID, bytes]]) -> Pendin
 
 def append(cur: Any, pending: PendingEntry) -> Entry:
     """Append ``pending`` in the caller's transaction; the head stays locked until it ends."""
-    digest = entry_digest(pending.kind, pending.batch_id, pending.row_digests)
-    cur.execute(
-        sql.APPEND_CHAIN_ENTRY,
-        {
-            "genesis": GENESIS,
-            "entry_digest": digest,
-            "batch_id": pending.batch_id,
-            "kind": pending.kind,
-            "rows": pending.rows,
-            "first_event_at": pending.first_event_at,
-            "last_event_at": pending.last_event_at,
-            "row_digests": pending.row_digests,
-        },
-    )
-    position, recorded_at, prev_digest, chained = cur.fetchone()
+    parameters = entry_parameters(pending)
+    cur.execute(sql.APPEND_CHAIN_ENTRY, parameters)
+    return appended_entry(pending, parameters, cur.fetchone())
+
+
+def entry_parameters(pending: PendingEntry) -> dict[str, Any]:
+    """The parameters of sql.CHAIN_HEAD_MOVE and sql.CHAIN_ENTRY_INSERT for ``pending``."""
+    return {
+        "genesis": GENESIS,
+        "entry_digest": entry_digest(pending.kind, pending.batch_id, pending.row_digests),
+        "batch_id": pending.batch_id,
+        "kind": pending.kind,
+        "rows": pending.rows,
+        "first_event_at": pending.first_event_at,
+        "last_event_at": pending.last_event_at,
+        "row_digests": pending.row_digests,
+    }
+
+
+def appended_entry(pending: PendingEntry, parameters: dict[str, Any], link: Sequence[Any]) -> Entry:
+    """The entry as appended: ``link`` is what sql.CHAIN_ENTRY_INSERT returned (position,
+    time as text, previous digest, digest)."""
+    position, recorded_at, prev_digest, chained = link
     return Entry(
         position=int(position),
         batch_id=pending.batch_id,
@@ -246,7 +254,7 @@ def append(cur: Any, pending: PendingEntry) -> Entry:
         first_event_at=_utc(pending.first_event_at[:-3]) if pending.first_event_at else None,
         last_event_at=_utc(pending.last_event_at[:-3]) if pending.last_event_at else None,
         row_digests=pending.row_digests,
-        entry_digest=digest,
+        entry_digest=parameters["entry_digest"],
         prev_digest=bytes(prev_digest),
         digest=bytes(chained),
     )

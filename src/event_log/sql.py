@@ -230,14 +230,49 @@ ON CONFLICT (batch_id) DO UPDATE SET
     last_event_at = greatest(event_log_delivery.last_event_at, EXCLUDED.last_event_at)
 """
 
-# After ClickHouse acknowledged the insert, one statement: as the batch's holder
-# (a relay that lost its lease deletes and counts nothing), delete the rows, record
-# their event ids for event_log_verify (as RECORD_DELIVERY does, from the deleted rows,
-# so they are read once), add to the running totals and delete the batch.
+# The batch chain's append (event_log.chain) is two steps, which APPEND_CHAIN_ENTRY and
+# FINISH_BATCH share: move the head (its row's lock is then held until the commit), then
+# insert the entry. {only_if} is a condition on the statement's other steps ("WHERE
+# true" for none: it also keeps ON CONFLICT from reading as a join's ON).
+CHAIN_HEAD_MOVE = """
+    INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
+    SELECT 1, 1, %(genesis)s, sha256(%(genesis)s || int8send(1) || %(entry_digest)s), now()
+    {only_if}
+    ON CONFLICT (id) DO UPDATE SET
+        position = h.position + 1,
+        prev_digest = h.digest,
+        digest = sha256(h.digest || int8send(h.position + 1) || %(entry_digest)s)
+    RETURNING position, prev_digest, digest
+"""
+CHAIN_ENTRY_INSERT = """
+    INSERT INTO event_log_chain
+        (position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
+         row_digests, entry_digest, prev_digest, digest)
+    SELECT position, %(batch_id)s, %(kind)s, clock_timestamp(), %(rows)s,
+           %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
+           %(row_digests)s, %(entry_digest)s, prev_digest, digest
+    FROM head
+    RETURNING position,
+              to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS recorded,
+              prev_digest, digest
+"""
+
+# After ClickHouse acknowledged the insert, one statement and so one transaction (in
+# autocommit): as the batch's holder (a relay that lost its lease deletes, records,
+# counts and chains nothing, and gets no row back), delete the rows, record their event
+# ids for event_log_verify (as RECORD_DELIVERY does, from the deleted rows, so they are
+# read once), add to the running totals, append the batch's chain entry last (its head
+# lock taken once the rows are deleted and recorded) and delete the batch. Its commit
+# does not wait for the disk (no_flush): if PostgreSQL loses it in a crash, the batch
+# comes back sealed and is re-sent, its rows looked up first. Returns the rows deleted
+# and the entry's position, time (text), previous digest and digest (NULLs without one).
 FINISH_BATCH = f"""
-WITH held AS (
+WITH no_flush AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS setting
+), held AS (
     SELECT id FROM event_log_batch
     WHERE id = %(batch_id)s AND attempts = %(attempts)s
+      AND (SELECT setting FROM no_flush) IS NOT NULL
     FOR UPDATE
 ), deleted AS (
     DELETE FROM event_log_outbox
@@ -252,6 +287,7 @@ WITH held AS (
     FROM deleted
     HAVING count(*) > 0
     {MERGE_DELIVERY}
+    RETURNING 1
 ), counted AS (
     INSERT INTO event_log_relay_stats
         (id, batches_delivered, events_delivered, events_dead_lettered, last_delivered_at)
@@ -262,9 +298,18 @@ WITH held AS (
         events_delivered = event_log_relay_stats.events_delivered + EXCLUDED.events_delivered,
         last_delivered_at = now()
     RETURNING events_delivered
-)
+), head AS ({
+    CHAIN_HEAD_MOVE.format(
+        only_if='''
+    WHERE %(with_entry)s AND EXISTS (SELECT 1 FROM held)
+      AND (SELECT count(*) FROM recorded) >= 0 AND (SELECT count(*) FROM counted) >= 0'''
+    )
+}
+), chained AS ({CHAIN_ENTRY_INSERT})
 DELETE FROM event_log_batch WHERE id = (SELECT id FROM held)
-RETURNING (SELECT count(*) FROM deleted)
+RETURNING (SELECT count(*) FROM deleted), (SELECT position FROM chained),
+          (SELECT recorded FROM chained), (SELECT prev_digest FROM chained),
+          (SELECT digest FROM chained)
 """  # noqa: S608
 
 # The slow path (a re-sent, checked or isolated batch), under HOLD_BATCH: delete the
@@ -449,25 +494,9 @@ LIMIT {limit} OFFSET {offset}
 # A missing head row is the genesis (position 0, all-zero digest). recorded_at is taken
 # under the lock (clock_timestamp(), not the transaction's start), so it grows with the
 # position; it comes back as text: no session setting (DateStyle) may change it.
-APPEND_CHAIN_ENTRY = """
-WITH head AS (
-    INSERT INTO event_log_chain_head AS h (id, position, prev_digest, digest, started_at)
-    VALUES (1, 1, %(genesis)s, sha256(%(genesis)s || int8send(1) || %(entry_digest)s), now())
-    ON CONFLICT (id) DO UPDATE SET
-        position = h.position + 1,
-        prev_digest = h.digest,
-        digest = sha256(h.digest || int8send(h.position + 1) || %(entry_digest)s)
-    RETURNING position, prev_digest, digest
-)
-INSERT INTO event_log_chain
-    (position, batch_id, kind, recorded_at, rows, first_event_at, last_event_at,
-     row_digests, entry_digest, prev_digest, digest)
-SELECT position, %(batch_id)s, %(kind)s, clock_timestamp(), %(rows)s,
-       %(first_event_at)s::timestamptz, %(last_event_at)s::timestamptz,
-       %(row_digests)s, %(entry_digest)s, prev_digest, digest
-FROM head
-RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'),
-          prev_digest, digest
+APPEND_CHAIN_ENTRY = f"""
+WITH head AS ({CHAIN_HEAD_MOVE.format(only_if="WHERE true")})
+{CHAIN_ENTRY_INSERT}
 """
 
 CHAIN_ENTRY_COLUMNS = """

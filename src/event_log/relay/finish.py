@@ -1,17 +1,31 @@
 """Step 3, finish: delete what ClickHouse holds, dead-letter what it refuses; or give
 the batch back for a later attempt. Every statement acts only for the batch's holder.
 
-Both finishes append the batch's entries to the batch chain (event_log.chain) as their
-last statement: the chain's head stays locked only from there to the commit.
+Both finishes append the batch's entries to the batch chain (event_log.chain) last:
+the chain's head stays locked only from there to the commit (the fast path's one
+statement moves the head once its rows are deleted, recorded and counted).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.db import connection, transaction
 
 from event_log import chain, sql
 from event_log.relay.batch import Batch, Delivery, event_id
 from event_log.relay.fence import LeaseLostError
+
+# FINISH_BATCH's chain parameters when there is no entry to append (with_entry false).
+NO_ENTRY: dict[str, Any] = {
+    "genesis": chain.GENESIS,
+    "entry_digest": b"",
+    "kind": chain.DELIVERY,
+    "rows": 0,
+    "first_event_at": None,
+    "last_event_at": None,
+    "row_digests": b"",
+}
 
 
 def finish(
@@ -28,20 +42,27 @@ def finish(
     nothing) when another relay holds the batch now.
     """
     pending = entry or chain.pending_rows(chain.DELIVERY, batch.id, batch.lines())
-    with transaction.atomic(), connection.cursor() as cur:
-        # No need to wait for the disk: if PostgreSQL loses this commit in a crash,
-        # the batch comes back sealed and is re-sent; its rows are looked up first.
-        cur.execute(sql.FINISH_WITHOUT_FSYNC)
-        # Deletes, records and counts nothing if this relay no longer holds the batch.
-        cur.execute(sql.FINISH_BATCH, {**batch.keys, "attempts": batch.attempts})
+    entry_parameters = chain.entry_parameters(pending) if pending is not None else NO_ENTRY
+    # One statement, its own transaction (FINISH_BATCH): deletes, records, counts and
+    # chains nothing if this relay no longer holds the batch.
+    with connection.cursor() as cur:
+        cur.execute(
+            sql.FINISH_BATCH,
+            {
+                **entry_parameters,
+                **batch.keys,
+                "attempts": batch.attempts,
+                "with_entry": pending is not None,
+            },
+        )
         finished = cur.fetchone()
-        if finished is None:
-            raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
-        chained = chain.append(cur, pending) if pending is not None else None
+    if finished is None:
+        raise LeaseLostError(f"batch {batch.id} is no longer held by attempt {batch.attempts}")
+    deleted, *link = finished
     # Only once committed: an entry rolled back must never reach ClickHouse's copy.
-    if chained is not None and appended is not None:
-        appended.append(chained)
-    return int(finished[0])
+    if pending is not None and appended is not None:
+        appended.append(chain.appended_entry(pending, entry_parameters, link))
+    return int(deleted)
 
 
 def finish_checked(
