@@ -6,6 +6,7 @@ every event arrives with the exact time it was published at, or is dead-lettered
 none is skipped, and the seal is durable.
 """
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -173,18 +174,18 @@ def test_an_event_dated_before_the_common_era_is_dead_lettered_not_moved_to_the_
     assert set(DeadLetter.objects.values_list("event_id", flat=True)) == {before_year_1}
 
 
-@pytest.fixture
-def seal_commit_probe() -> Iterator[None]:
-    """Records the ``synchronous_commit`` in force when a batch is sealed (a trigger on
-    the batch table), so the test sees what PostgreSQL sees, not what the code says."""
+@contextlib.contextmanager
+def commit_probe(table: str) -> Iterator[None]:
+    """Records the ``synchronous_commit`` in force in each transaction that inserts into
+    ``table`` (a trigger), so the test sees what PostgreSQL sees, not what the code says."""
     with connection.cursor() as cur:
         cur.execute(
-            "CREATE TABLE seal_commit_probe (setting text);"
-            "CREATE FUNCTION seal_commit_probe_record() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN INSERT INTO seal_commit_probe"
+            "CREATE TABLE commit_probe (setting text);"
+            "CREATE FUNCTION commit_probe_record() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO commit_probe"
             " VALUES (current_setting('synchronous_commit')); RETURN NEW; END $$;"
-            "CREATE TRIGGER seal_commit_probe AFTER INSERT ON event_log_batch"
-            " FOR EACH ROW EXECUTE FUNCTION seal_commit_probe_record();"
+            f"CREATE TRIGGER commit_probe AFTER INSERT ON {table}"
+            " FOR EACH ROW EXECUTE FUNCTION commit_probe_record();"
         )
     try:
         yield
@@ -192,10 +193,25 @@ def seal_commit_probe() -> Iterator[None]:
         connection.close()
         with connection.cursor() as cur:
             cur.execute(
-                "DROP TRIGGER IF EXISTS seal_commit_probe ON event_log_batch;"
-                "DROP FUNCTION IF EXISTS seal_commit_probe_record();"
-                "DROP TABLE IF EXISTS seal_commit_probe;"
+                f"DROP TRIGGER IF EXISTS commit_probe ON {table};"
+                "DROP FUNCTION IF EXISTS commit_probe_record();"
+                "DROP TABLE IF EXISTS commit_probe;"
             )
+
+
+@pytest.fixture
+def seal_commit_probe() -> Iterator[None]:
+    with commit_probe("event_log_batch"):
+        yield
+
+
+def _probed_settings() -> tuple[list[str], str]:
+    """The settings the probe recorded, and this session's own after the run."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT setting FROM commit_probe")
+        recorded = [row[0] for row in cur.fetchall()]
+        cur.execute("SHOW synchronous_commit")
+        return recorded, cur.fetchone()[0]
 
 
 def test_the_seal_commits_durably_when_the_session_turns_synchronous_commit_off(
@@ -206,12 +222,24 @@ def test_the_seal_commits_durably_when_the_session_turns_synchronous_commit_off(
 
     Relay(config=fast_config(BATCH_SIZE=10)).run()
 
-    with connection.cursor() as cur:
-        cur.execute("SELECT setting FROM seal_commit_probe")
-        settings_at_seal = [row[0] for row in cur.fetchall()]
-        cur.execute("SHOW synchronous_commit")
-        session_after = cur.fetchone()[0]
+    settings_at_seal, session_after = _probed_settings()
     assert settings_at_seal == ["on", "on", "on"]
     assert session_after == "off", "only the seal's transaction is changed"
+    assert OutboxBatch.objects.count() == 0
+    assert_exactly_once(ch, published)
+
+
+def test_the_fast_finish_skips_the_flush_for_itself_only(ch):
+    """The one-statement finish (FINISH_BATCH) commits without waiting for the disk, and
+    leaves the session's own setting as it found it, on either connection."""
+    published = publish_pings(30)
+
+    with commit_probe("event_log_chain"):
+        report = Relay(config=fast_config(BATCH_SIZE=10)).run()
+        settings_at_finish, session_after = _probed_settings()
+
+    assert report.batches == 3
+    assert settings_at_finish == ["off", "off", "off"], "one chain entry per finish"
+    assert session_after == "on"
     assert OutboxBatch.objects.count() == 0
     assert_exactly_once(ch, published)
