@@ -97,6 +97,14 @@ except Exception as exc:  # django-environ raises several types for a bad URL
     raise ImproperlyConfigured(f"DATABASE_URL is malformed: {mask_secrets(str(exc))}") from None
 DATABASES["default"]["CONN_MAX_AGE"] = env.integer("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The relay prepares its statements on the server (event_log.relay.prepared); Django
+# leaves psycopg's preparing off unless this option is set. Off behind a connection
+# pooler that does not keep prepared statements (PgBouncer in transaction mode before
+# 1.21, or with max_prepared_statements = 0). 5 is psycopg's own default; Django's
+# cursors bind parameters on the client and never prepare whatever it is.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    5 if env.boolean("DATABASE_PREPARED_STATEMENTS", default=True) else None
+)
 
 AUTH_USER_MODEL = "users.User"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -48,6 +48,7 @@ def test_missing_required_variable_stops_start_up_with_one_line_naming_it(name):
         ("DATABASE_URL", "mysql://root@localhost/x"),
         ("CLICKHOUSE_URL", "ftp://clickhouse"),
         ("DEBUG", "maybe"),
+        ("DATABASE_PREPARED_STATEMENTS", "sometimes"),
         ("EVENT_LOG_BATCH_SIZE", "many"),
         ("EVENT_LOG_BATCH_SIZE", "0"),
         ("LOG_FORMAT", "xml"),
@@ -76,6 +77,15 @@ def test_debug_is_off_unless_set():
     code = "from django.conf import settings; print(settings.DEBUG)"
     result = run_manage("shell", "-c", code, env={**STANDALONE, "DEBUG": None}, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr
+
+
+@pytest.mark.parametrize(("value", "threshold"), [(None, "5"), ("true", "5"), ("false", "None")])
+def test_prepared_statements_are_on_unless_switched_off(value, threshold):
+    code = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'])"
+    env = {**STANDALONE, "DATABASE_PREPARED_STATEMENTS": value}
+    result = run_manage("shell", "-c", code, env=env, timeout=60)
+    options = result.stdout.strip().splitlines()[-1]
+    assert options == f"{{'prepare_threshold': {threshold}}}", result.stderr
 
 
 def test_relative_embedded_clickhouse_path_resolves_against_the_repository(monkeypatch, tmp_path):

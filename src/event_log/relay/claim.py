@@ -12,6 +12,7 @@ from psycopg import sql as pgsql
 from event_log import sql
 from event_log.conf import EventLogSettings
 from event_log.control import CONTROL_ID, RelaysPausedError
+from event_log.relay import prepared
 from event_log.relay.batch import Batch
 from event_log.relay.tracing import step
 
@@ -26,7 +27,7 @@ def claim(config: EventLogSettings) -> Batch | None:
     :class:`RelaysPausedError` (and claims nothing) while operators pause relays.
     """
     lease = config.LEASE_SECONDS
-    with transaction.atomic(), connection.cursor() as cur:
+    with transaction.atomic(), prepared.cursor() as cur:
         cur.execute(sql.TAKE_EXPIRED_BATCH, {"lease": lease, "control_id": CONTROL_ID})
         paused, batch_id, attempts, first_id, last_id = cur.fetchone()
         if paused:

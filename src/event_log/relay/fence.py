@@ -6,6 +6,7 @@ from django.db import connection
 
 from event_log import sql
 from event_log.control import CONTROL_ID, RelaysPausedError
+from event_log.relay import prepared
 from event_log.relay.batch import Batch
 from event_log.relay.tracing import step
 
@@ -23,7 +24,7 @@ def renew_lease(batch: Batch, *, lease: float) -> None:
     Raises :class:`RelaysPausedError` (lease renewed, nothing sent) while operators
     pause relays: a relay sends no INSERT after the flag is set, whatever it holds.
     """
-    with step("renew lease"), connection.cursor() as cur:
+    with step("renew lease"), prepared.cursor() as cur:
         cur.execute(
             sql.RENEW_LEASE,
             {

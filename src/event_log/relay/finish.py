@@ -13,6 +13,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from event_log import chain, sql
+from event_log.relay import prepared
 from event_log.relay.batch import Batch, Delivery, event_id
 from event_log.relay.fence import LeaseLostError
 
@@ -45,7 +46,7 @@ def finish(
     entry_parameters = chain.entry_parameters(pending) if pending is not None else NO_ENTRY
     # One statement, its own transaction (FINISH_BATCH): deletes, records, counts and
     # chains nothing if this relay no longer holds the batch.
-    with connection.cursor() as cur:
+    with prepared.cursor() as cur:
         cur.execute(
             sql.FINISH_BATCH,
             {
