@@ -4,6 +4,7 @@ crashed, however many relays ran, after dead letters, replays and erasures."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -554,3 +555,31 @@ def test_the_canonical_text_undoes_only_what_copy_escapes_beyond_tab_newline_bac
     line = f"a\\r\\b\\f\\v\tb\\\\N\\t\\n\\\\\t\\N\tc\t{batch}\n".encode()
 
     assert chain.canonical_row(line) == b"a\r\b\f\v\tb\\\\N\\t\\n\\\\\t\tc"
+
+
+def test_many_rows_take_the_canonical_text_each_would_take_alone():
+    batch = uuid.uuid4()
+    ids = sorted(uuid.uuid4() for _ in range(4))
+    # COPY text: NULLs (\N) first, last and side by side; an escaped backslash before
+    # an N and at a field's end; the escapes that become raw, and \N after an escaped
+    # backslash; a row without any.
+    texts = [
+        "\\N\tx\t\\N\t\\N",
+        "\\\\N\t\\N\tb\\\\\t\\N",
+        "a\\r\\b\\f\\v\\t\t\\N\t\\\\\\N",
+        "plain\ttext",
+    ]
+    canonical = [
+        b"\tx\t\t",
+        b"\\\\N\t\tb\\\\\t",
+        b"a\r\b\f\v\\t\t\t\\\\",
+        b"plain\ttext",
+    ]
+    lines = [f"{i}\t{text}\t{batch}\n".encode() for i, text in zip(ids, texts, strict=True)]
+    expected = [f"{i}\t".encode() + row for i, row in zip(ids, canonical, strict=True)]
+
+    assert chain.canonical_rows([line[: -len(f"\t{batch}\n")] for line in lines]) == expected
+    assert [chain.canonical_row(line) for line in lines] == expected
+    assert chain.pairs_of(lines) == chain.pack(
+        (i, hashlib.sha256(row).digest()) for i, row in zip(ids, expected, strict=True)
+    )
