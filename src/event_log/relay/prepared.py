@@ -25,12 +25,13 @@ from django.db import connection
 
 
 class _PreparingCursor(psycopg.Cursor[Any]):
-    """A cursor with server-side parameters whose every statement is prepared."""
+    """A cursor with server-side parameters whose statements are prepared from their
+    first run (unless a call says ``prepare=False``)."""
 
     def execute(
         self, query: Any, params: Any = None, *, prepare: bool | None = None, **kwargs: Any
     ) -> Any:
-        return super().execute(query, params, prepare=True, **kwargs)
+        return super().execute(query, params, prepare=prepare is not False, **kwargs)
 
 
 @contextmanager
