@@ -75,7 +75,8 @@ def _canonical_escape(match: re.Match[bytes]) -> bytes:
 
 
 def canonical_rows(rows: list[bytes]) -> list[bytes]:
-    """The canonical text of rows in COPY's text format (no newline, no batch id)."""
+    """The canonical text of rows the relay sends (``sql.RELAY_COLUMNS`` in COPY's text
+    format), each without its batch id and newline."""
     # One search and one substitution over all the rows are cheaper than one per row;
     # only a row with an escape other than NULL (rare: control characters, a
     # backslash in the text) takes the substitution that calls back per match.
@@ -87,15 +88,6 @@ def canonical_rows(rows: list[bytes]) -> list[bytes]:
     if b"\\" not in block:
         return rows
     return [_COPY_ESCAPE.sub(_canonical_escape, row) if b"\\" in row else row for row in rows]
-
-
-def canonical_row(line: bytes) -> bytes:
-    """The canonical text of one row the relay sends (``sql.RELAY_COLUMNS``, COPY text)."""
-    return canonical_rows([line[:-_BATCH_ID_SUFFIX]])[0]
-
-
-def row_digest(line: bytes) -> bytes:
-    return hashlib.sha256(canonical_row(line)).digest()
 
 
 def pairs_of(lines: Iterable[bytes]) -> bytes:

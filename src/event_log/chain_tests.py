@@ -551,10 +551,9 @@ def test_the_clickhouse_copy_insert_failing_leaves_the_batch_delivered(ch, monke
 
 
 def test_the_canonical_text_undoes_only_what_copy_escapes_beyond_tab_newline_backslash():
-    batch = uuid.uuid4()
-    line = f"a\\r\\b\\f\\v\tb\\\\N\\t\\n\\\\\t\\N\tc\t{batch}\n".encode()
+    row = b"a\\r\\b\\f\\v\tb\\\\N\\t\\n\\\\\t\\N\tc"
 
-    assert chain.canonical_row(line) == b"a\r\b\f\v\tb\\\\N\\t\\n\\\\\t\tc"
+    assert chain.canonical_rows([row]) == [b"a\r\b\f\v\tb\\\\N\\t\\n\\\\\t\tc"]
 
 
 def test_many_rows_take_the_canonical_text_each_would_take_alone():
@@ -578,8 +577,9 @@ def test_many_rows_take_the_canonical_text_each_would_take_alone():
     lines = [f"{i}\t{text}\t{batch}\n".encode() for i, text in zip(ids, texts, strict=True)]
     expected = [f"{i}\t".encode() + row for i, row in zip(ids, canonical, strict=True)]
 
-    assert chain.canonical_rows([line[: -len(f"\t{batch}\n")] for line in lines]) == expected
-    assert [chain.canonical_row(line) for line in lines] == expected
+    rows = [line[: -len(f"\t{batch}\n")] for line in lines]
+    assert chain.canonical_rows(rows) == expected
+    assert [chain.canonical_rows([row])[0] for row in rows] == expected
     assert chain.pairs_of(lines) == chain.pack(
         (i, hashlib.sha256(row).digest()) for i, row in zip(ids, expected, strict=True)
     )

@@ -5,6 +5,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -16,6 +17,7 @@ from event_log.relay import Relay
 from event_log.relay.claim import claim
 from event_log.relay.fence import renew_lease
 from event_log.relay.finish import finish
+from event_log.relay.loop import DATABASE_ERRORS
 from users.models import User
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,6 +107,30 @@ def test_statements_prepared_before_a_rollback_are_prepared_again_after_it(relay
 
     assert not OutboxEvent.objects.filter(event_id__in=published).exists()
     assert sum(prepared_runs()["seal"]) == 2  # prepared anew: the seal and the empty one
+
+
+def test_a_killed_connection_takes_its_prepared_statements_and_the_next_prepares_them_again(
+    relay_session,
+):
+    publish_pings(20)
+    assert drain_step_by_step(10) == 2  # statements prepared on this connection
+    published = publish_pings(10)
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        [pid] = cur.fetchone()
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+    ) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    with pytest.raises(DATABASE_ERRORS):
+        claim(fast_config(BATCH_SIZE=10))
+    connection.close()  # what the relay does after a database error
+
+    assert drain_step_by_step(10) == 1
+    assert not OutboxEvent.objects.filter(event_id__in=published).exists()
+    assert sum(prepared_runs()["seal"]) == 2  # the new connection's own: seal, empty seal
 
 
 def test_with_prepared_statements_switched_off_nothing_is_prepared_and_each_event_arrives_once(
